@@ -1,0 +1,197 @@
+r"""Stage 1: the face latent model (encoders + warping decoder), trained on talking-head frames.
+
+Variants (`--config=configs/stage1.py:VARIANT`):
+  (none)  256x256 output, face-vid2vid sizes: volume 16x64x64x32, K=15 keypoints.
+  512     512x512 output (VASA-1's resolution): volume 16x64x64x96.
+  tiny    64x64 synthetic talking heads, trains on a 2-core CPU in minutes (the quickstart).
+
+Run:
+  python -m vasa_jax.train --config=configs/stage1.py:tiny --workdir=runs/stage1_tiny
+  python -m vasa_jax.train --config=configs/stage1.py --workdir=gs://bucket/stage1 \
+      --config.feature_nets.vgg19_path=/weights/vgg19.pth --config.feature_nets.arcface_path=/weights/r50.pth
+Override any value with --config.section.key=value.
+"""
+
+import ml_collections
+
+
+def base_model():
+    return dict(
+        image_size=256,
+        num_keypoints=15,
+        afe_base_channels=64,
+        afe_num_down=2,
+        afe_max_channels=512,
+        volume_depth=16,
+        volume_channels=32,
+        afe_num_res_blocks=6,
+        kp_scale_factor=0.25,
+        kp_base_channels=32,
+        kp_num_down=3,
+        kp_max_channels=1024,
+        kp_volume_depth=4,
+        kp_volume_channels=64,
+        kp_num_up=2,
+        kp_temperature=0.1,
+        hpe_base_channels=64,
+        hpe_num_down=4,
+        hpe_max_channels=512,
+        mfe_compress_channels=4,
+        mfe_base_channels=32,
+        mfe_max_channels=512,
+        mfe_num_levels=3,
+        mfe_keypoint_variance=0.01,
+        gen_channels=512,
+        gen_num_res_blocks=6,
+    )
+
+
+def get_config(variant: str = ""):
+    config = ml_collections.ConfigDict()
+    config.task = "stage1"
+    config.seed = 0
+
+    config.model = base_model()
+    config.discriminator = dict(scales=(1.0,), channels=(64, 128, 256, 512))
+
+    # Loss weights (face-vid2vid defaults for the shared terms; 0 switches a term off and skips its computation).
+    config.losses = dict(
+        reconstruction_l1=0.0,
+        perceptual=10.0,
+        perceptual_scales=4,
+        perceptual_layers=dict(relu1_1=0.03125, relu2_1=0.0625, relu3_1=0.125, relu4_1=0.25, relu5_1=1.0),
+        adversarial=1.0,
+        feature_matching=10.0,
+        equivariance=10.0,
+        keypoint_prior=10.0,
+        head_pose=20.0,
+        deformation_prior=5.0,
+        pairwise_transfer=10.0,
+        identity=5.0,
+        keypoint_min_distance=0.1,
+        keypoint_mean_depth=0.33,
+        tps_sigma_affine=0.05,
+        tps_sigma_tps=0.005,
+        tps_points=5,
+    )
+    # Frozen pretrained feature networks: torchvision VGG19 state dict and an ArcFace iresnet state dict.
+    config.feature_nets = dict(
+        vgg19_path="",
+        arcface_path="",
+        arcface_depth=50,
+        allow_random_init=False,  # only for smoke tests and synthetic data: random nets instead of weights
+    )
+    config.optimizer = dict(
+        learning_rate=2e-4,
+        discriminator_learning_rate=2e-4,
+        end_learning_rate=1e-6,
+        warmup_steps=1000,
+        b1=0.5,
+        b2=0.999,
+        weight_decay=1e-2,
+        grad_clip_norm=1.0,
+    )
+    config.data = dict(
+        source="synthetic",
+        batch_size=32,  # global batch, split over all devices
+        seed=0,
+        num_threads=4,
+        # synthetic talking heads
+        resolution=256,
+        num_identities=2000,
+        clips_per_identity=4,
+        frames_per_clip=100,
+        pairs_per_clip=50,
+        eval_identities=32,
+        eval_pairs=256,
+    )
+    # Device mesh: ('data', 'fsdp'); -1 takes the remaining devices. Parameters are sharded by logical axis rules.
+    config.mesh = dict(shape=(-1, 1), axes=("data", "fsdp"))
+    config.sharding_rules = (
+        ("conv_out", "fsdp"),
+        ("mlp", "fsdp"),
+        ("conv_in", None),
+        ("embed", None),
+        ("norm", None),
+    )
+    config.train = dict(
+        num_steps=200_000,
+        log_every=50,
+        eval_every=2000,
+        checkpoint_every=2000,
+        sample_every=2000,
+        keep_checkpoints=3,
+        large_pose_degrees=20.0,  # eval: pairs whose yaw/pitch/roll differ by more than this count as large-pose
+    )
+
+    if variant == "":
+        pass
+    elif variant == "512":
+        config.model.image_size = 512
+        config.model.afe_num_down = 3
+        config.model.volume_channels = 96
+        config.model.kp_scale_factor = 0.125
+        config.discriminator.scales = (1.0, 0.5)
+        config.data.resolution = 512
+        config.data.batch_size = 16
+    elif variant == "tiny":
+        _make_tiny(config)
+    else:
+        raise ValueError(f"unknown stage-1 config variant {variant!r}; expected '', '512' or 'tiny'")
+    return config
+
+
+def _make_tiny(config):
+    """64x64 synthetic heads, small networks, random-init feature nets: minutes on a 2-core CPU."""
+    config.model.update(
+        image_size=64,
+        num_keypoints=10,
+        afe_base_channels=16,
+        afe_num_down=2,
+        afe_max_channels=64,
+        volume_depth=8,
+        volume_channels=16,
+        afe_num_res_blocks=1,
+        kp_scale_factor=1.0,
+        kp_base_channels=16,
+        kp_num_down=3,
+        kp_max_channels=64,
+        kp_volume_depth=4,
+        kp_volume_channels=32,
+        kp_num_up=1,
+        hpe_base_channels=16,
+        hpe_num_down=4,
+        hpe_max_channels=128,
+        mfe_compress_channels=4,
+        mfe_base_channels=16,
+        mfe_max_channels=64,
+        mfe_num_levels=2,
+        gen_channels=64,
+        gen_num_res_blocks=2,
+    )
+    config.discriminator.channels = (16, 32, 64)
+    config.losses.update(
+        reconstruction_l1=10.0,
+        perceptual=1.0,
+        perceptual_scales=2,
+        perceptual_layers=dict(relu1_1=0.25, relu2_1=0.5, relu3_1=1.0),
+        adversarial=0.1,
+        feature_matching=1.0,
+        identity=1.0,
+    )
+    config.feature_nets.allow_random_init = True
+    config.feature_nets.arcface_depth = 18
+    config.optimizer.update(learning_rate=1e-3, discriminator_learning_rate=1e-3, warmup_steps=50)
+    config.data.update(
+        batch_size=8,
+        num_threads=2,
+        resolution=64,
+        num_identities=64,
+        clips_per_identity=2,
+        frames_per_clip=100,
+        eval_identities=8,
+        eval_pairs=64,
+    )
+    config.train.update(
+        num_steps=1500, log_every=25, eval_every=250, checkpoint_every=250, sample_every=250, keep_checkpoints=2
+    )

@@ -1,0 +1,70 @@
+"""Stage-1 losses: each against a direct numpy computation or a property that a wrong formula would break."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vasa_jax import ops
+from vasa_jax.losses import stage1 as losses
+
+
+def test_keypoint_prior_matches_numpy():
+    kp = np.random.default_rng(0).uniform(-0.3, 0.3, (2, 5, 3)).astype(np.float32)
+    expected = []
+    for b in range(2):
+        spread = sum(
+            max(0.0, 0.1 - float(np.sum((kp[b, i] - kp[b, j]) ** 2))) for i in range(5) for j in range(5) if i != j
+        )
+        expected.append(spread + abs(kp[b, :, 2].mean() - 0.33))
+    np.testing.assert_allclose(float(losses.keypoint_prior_loss(jnp.asarray(kp))), np.mean(expected), rtol=1e-5)
+
+
+def test_hinge_losses():
+    real = [jnp.array([2.0, 0.5]), jnp.array([1.5])]
+    fake = [jnp.array([-2.0, 0.0]), jnp.array([-0.5])]
+    # relu(1 - real) means: [0, .5] -> .25 and [0] -> 0 ; relu(1 + fake): [0, 1] -> .5 and [.5] -> .5
+    np.testing.assert_allclose(float(losses.hinge_discriminator_loss(real, fake)), 0.25 + 0.5 + 0.0 + 0.5)
+    np.testing.assert_allclose(float(losses.hinge_generator_loss(fake)), 1.0 + 0.5)
+
+
+def test_head_pose_loss_in_radians_with_mask():
+    pred = jnp.array([[10.0, 0.0, 0.0, 9, 9, 9, 9], [0.0, 0.0, 0.0, 9, 9, 9, 9]])
+    labels = jnp.zeros((2, 6))
+    np.testing.assert_allclose(float(losses.head_pose_loss(pred, labels)), np.deg2rad(10.0) / 3 / 2, rtol=1e-6)
+    masked = losses.head_pose_loss(pred, labels, valid=jnp.array([0.0, 1.0]))
+    assert float(masked) == 0.0
+
+
+def test_perceptual_loss_zero_for_identical_and_positive_otherwise():
+    features = lambda x: {"a": x * 2.0, "b": jnp.mean(x, axis=-1, keepdims=True)}
+    x = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3))
+    weights = {"a": 1.0, "b": 0.5}
+    assert float(losses.perceptual_loss(features, x, x, weights, num_scales=3)) == 0.0
+    y = x + 0.1
+    # every level shifts by exactly 0.1 (resizing preserves constants): a -> 0.2, b -> 0.1 * 0.5, three levels
+    np.testing.assert_allclose(float(losses.perceptual_loss(features, y, x, weights, 3)), 3 * (0.2 + 0.05), rtol=1e-4)
+
+
+def test_equivariance_loss_zero_for_consistent_keypoints():
+    tps = ops.sample_tps_params(jax.random.key(1), 2, sigma_affine=0.05, sigma_tps=0.005, points_tps=5)
+    kp_warped = jax.random.uniform(jax.random.key(2), (2, 6, 3), minval=-0.5, maxval=0.5)
+    kp = jnp.concatenate([ops.tps_transform_points(tps, kp_warped[..., :2]), kp_warped[..., 2:]], axis=-1)
+    assert float(losses.equivariance_loss(kp, kp_warped, tps)) < 1e-6
+    assert float(losses.equivariance_loss(kp_warped, kp_warped, tps)) > 1e-3
+
+
+def test_identity_loss():
+    embed = lambda x: jnp.mean(x, axis=(1, 2))
+    a = jax.random.uniform(jax.random.key(3), (2, 8, 8, 3))
+    assert abs(float(losses.identity_loss(embed, a, a * 2.0))) < 1e-6  # same direction, cosine 1
+    assert float(losses.identity_loss(embed, a, 1.0 - a)) > 0.0
+    grads = jax.grad(lambda b: losses.identity_loss(embed, a, b))(1.0 - a)
+    assert float(jnp.abs(grads).sum()) > 0
+
+
+def test_feature_matching_and_psnr():
+    real = [[jnp.ones((1, 4, 4, 2)), jnp.zeros((1, 2, 2, 2))]]
+    fake = [[jnp.zeros((1, 4, 4, 2)), jnp.zeros((1, 2, 2, 2))]]
+    np.testing.assert_allclose(float(losses.feature_matching_loss(real, fake)), 0.5)
+    target = jnp.zeros((1, 4, 4, 3))
+    np.testing.assert_allclose(float(losses.psnr(target + 0.1, target)[0]), 20.0, rtol=1e-5)

@@ -1,0 +1,100 @@
+"""Stage-1 face latent model: latent shapes, logical axis names, and geometric identities of the decoder."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vasa_jax import ops
+from vasa_jax.models.stage1 import FaceLatentModel, MotionFieldEstimator, Stage1ModelConfig, keypoints_from_latents
+
+SMALL = dict(
+    image_size=32, num_keypoints=4, afe_base_channels=8, afe_num_down=1, afe_max_channels=16, volume_depth=4,
+    volume_channels=4, afe_num_res_blocks=1, kp_scale_factor=1.0, kp_base_channels=8, kp_num_down=2,
+    kp_max_channels=16, kp_volume_depth=2, kp_volume_channels=8, kp_num_up=1, hpe_base_channels=8, hpe_num_down=2,
+    hpe_max_channels=16, mfe_compress_channels=2, mfe_base_channels=8, mfe_max_channels=16, mfe_num_levels=1,
+    gen_channels=16, gen_num_res_blocks=1,
+)
+
+
+@pytest.fixture(scope="module")
+def model_and_params():
+    cfg = Stage1ModelConfig(**SMALL)
+    model = FaceLatentModel(cfg)
+    image = jnp.zeros((1, 32, 32, 3))
+    variables = model.init(jax.random.key(0), image, image)
+    return model, variables
+
+
+def test_latent_shapes_and_output_range(model_and_params):
+    model, variables = model_and_params
+    params = nn.unbox(variables)
+    images = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3))
+    v_app, z_id, z_pose, z_dyn = model.apply(params, images, method=FaceLatentModel.encode)
+    assert v_app.shape == (2, 4, 16, 16, 4)
+    assert z_id.shape == (2, 4, 3) and z_pose.shape == (2, 7) and z_dyn.shape == (2, 4, 3)
+    assert np.all(np.abs(np.asarray(z_id)) <= 1.0)
+    assert np.all(np.abs(np.asarray(z_pose[:, :3])) <= 99.0)
+    out = model.apply(params, v_app, z_id, z_pose, z_dyn, z_pose[::-1], z_dyn[::-1], method=FaceLatentModel.decode)
+    assert out.shape == (2, 32, 32, 3)
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+
+
+def test_wrong_image_size_is_a_clear_error(model_and_params):
+    model, variables = model_and_params
+    with pytest.raises(ValueError, match="expected images of shape"):
+        model.apply(nn.unbox(variables), jnp.zeros((1, 48, 48, 3)), method=FaceLatentModel.encode)
+
+
+def test_kernels_carry_logical_axes(model_and_params):
+    _, variables = model_and_params
+    specs = jax.tree.leaves(nn.get_partition_spec(variables), is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+    assert any("conv_out" in tuple(s) for s in specs)
+    assert any("mlp" in tuple(s) for s in specs)
+
+
+def test_untrained_pose_heads_leave_canonical_keypoints_in_place(model_and_params):
+    model, variables = model_and_params
+    params = nn.unbox(variables)
+    images = jax.random.uniform(jax.random.key(2), (2, 32, 32, 3))
+    z_pose, z_dyn = model.apply(params, images, method=FaceLatentModel.encode_motion)
+    np.testing.assert_allclose(np.asarray(z_pose[:, 3:]), 0.0, atol=1e-7)  # translation and log-scale start at 0
+    np.testing.assert_allclose(np.asarray(z_dyn), 0.0, atol=1e-7)
+
+
+def test_same_source_and_driving_keypoints_give_identity_flow():
+    """Every per-keypoint flow reduces to the identity when driving == source, so the composed flow is the
+    identity grid whatever the composition masks are."""
+    cfg = Stage1ModelConfig(**SMALL)
+    mfe = MotionFieldEstimator(cfg)
+    volume = jax.random.normal(jax.random.key(3), (2, 4, 16, 16, 4))
+    z_id = jax.random.uniform(jax.random.key(4), (2, 4, 3), minval=-0.5, maxval=0.5)
+    pose = jnp.array([[20.0, -10.0, 5.0, 0.1, -0.05, 0.0, 0.1], [-30.0, 5.0, 0.0, 0.0, 0.1, 0.0, -0.1]])
+    dyn = 0.05 * jax.random.normal(jax.random.key(5), (2, 4, 3))
+    kp = keypoints_from_latents(z_id, pose, dyn)
+    variables = mfe.init(jax.random.key(6), volume, kp, kp, pose, pose)
+    flow, occlusion, mask = mfe.apply(variables, volume, kp, kp, pose, pose)
+    grid = ops.make_coordinate_grid_3d(4, 16, 16)
+    np.testing.assert_allclose(np.asarray(flow), np.broadcast_to(grid, flow.shape), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(mask.sum(-1)), 1.0, atol=1e-5)
+    assert occlusion.shape == (2, 16, 16, 1)
+
+
+def test_flow_follows_a_pure_translation():
+    """Driving keypoints shifted by t (same rotation and scale) must send each driving point z to z - t."""
+    cfg = Stage1ModelConfig(**SMALL)
+    mfe = MotionFieldEstimator(cfg)
+    volume = jax.random.normal(jax.random.key(7), (1, 4, 16, 16, 4))
+    z_id = jax.random.uniform(jax.random.key(8), (1, 4, 3), minval=-0.5, maxval=0.5)
+    pose_s = jnp.array([[10.0, 5.0, -5.0, 0.0, 0.0, 0.0, 0.0]])
+    shift = jnp.array([0.2, -0.1, 0.05])
+    pose_d = pose_s.at[:, 3:6].add(shift)
+    zero = jnp.zeros((1, 4, 3))
+    kp_s, kp_d = keypoints_from_latents(z_id, pose_s, zero), keypoints_from_latents(z_id, pose_d, zero)
+    variables = mfe.init(jax.random.key(9), volume, kp_s, kp_d, pose_s, pose_d)
+    flow, _, mask = mfe.apply(variables, volume, kp_s, kp_d, pose_s, pose_d)
+    grid = np.asarray(ops.make_coordinate_grid_3d(4, 16, 16))
+    keypoint_mass = 1.0 - np.asarray(mask[..., :1])  # share of the non-background flows
+    expected = grid[None] - keypoint_mass * np.asarray(shift)
+    np.testing.assert_allclose(np.asarray(flow), expected, atol=1e-5)

@@ -1,0 +1,130 @@
+"""Stage-1 losses as pure functions of arrays (the trainer wires them to the networks; weights live in the config).
+
+Image tensors are [B, H, W, 3] floats in [0, 1]; keypoints are [B, K, 3] ordered (x, y, z) in [-1, 1].
+"""
+
+from typing import Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from vasa_jax import ops
+
+
+def l1(a, b):
+    return jnp.mean(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32)))
+
+
+def image_pyramid(image, num_scales: int):
+    """[image, image/2, image/4, ...] (area-style antialiased downsampling), `num_scales` entries."""
+    levels = [image]
+    for _ in range(1, num_scales):
+        b, h, w, c = levels[-1].shape
+        levels.append(jax.image.resize(levels[-1], (b, h // 2, w // 2, c), "linear", antialias=True))
+    return levels
+
+
+def perceptual_loss(
+    features_fn: Callable[[jax.Array], Mapping[str, jax.Array]],
+    prediction,
+    target,
+    layer_weights: Mapping[str, float],
+    num_scales: int,
+):
+    """Multi-scale perceptual loss: sum over pyramid levels and feature layers of weight * mean |f(pred) - f(target)|.
+
+    `features_fn` maps images to a dict of feature maps (e.g. VGG19 relu1_1 ... relu5_1); the target's features
+    carry no gradient. Prediction and target are run through the network in one batch.
+    """
+    total = 0.0
+    batch = prediction.shape[0]
+    for pred_level, target_level in zip(image_pyramid(prediction, num_scales), image_pyramid(target, num_scales)):
+        features = features_fn(jnp.concatenate([pred_level, jax.lax.stop_gradient(target_level)], axis=0))
+        for name, weight in layer_weights.items():
+            pred_f, target_f = features[name][:batch], features[name][batch:]
+            total = total + weight * l1(pred_f, jax.lax.stop_gradient(target_f))
+    return total
+
+
+def hinge_discriminator_loss(real_logits: Sequence[jax.Array], fake_logits: Sequence[jax.Array]):
+    """Hinge loss for the discriminator, averaged over patches and summed over scales."""
+    total = 0.0
+    for real, fake in zip(real_logits, fake_logits):
+        total = total + jnp.mean(jax.nn.relu(1.0 - real)) + jnp.mean(jax.nn.relu(1.0 + fake))
+    return total
+
+
+def hinge_generator_loss(fake_logits: Sequence[jax.Array]):
+    """The generator's side of the hinge GAN: -mean D(fake), summed over scales."""
+    return sum(-jnp.mean(fake) for fake in fake_logits)
+
+
+def feature_matching_loss(real_features: Sequence[Sequence[jax.Array]], fake_features: Sequence[Sequence[jax.Array]]):
+    """L1 between the discriminator's intermediate features of real and generated images (real side frozen),
+    averaged over layers and summed over scales."""
+    total = 0.0
+    for real_scale, fake_scale in zip(real_features, fake_features):
+        per_layer = [l1(fake, jax.lax.stop_gradient(real)) for real, fake in zip(real_scale, fake_scale)]
+        total = total + sum(per_layer) / len(per_layer)
+    return total
+
+
+def equivariance_loss(keypoints, keypoints_of_warped, tps_params):
+    """Keypoint equivariance under a random affine + TPS warp T.
+
+    `keypoints_of_warped` are detected on the warped image out(p) = image(T(p)); mapping them through T must give
+    the keypoints detected on the original image. Only the image-plane (x, y) coordinates are constrained.
+    """
+    mapped = ops.tps_transform_points(tps_params, keypoints_of_warped[..., :2])
+    return l1(keypoints[..., :2], mapped)
+
+
+def keypoint_prior_loss(keypoints, min_distance: float = 0.1, mean_depth: float = 0.33):
+    """face-vid2vid's keypoint prior: pairs of keypoints closer than sqrt(D_t) are pushed apart
+    (sum_{i != j} max(0, D_t - |x_i - x_j|^2)), and the mean depth is pulled towards z_t."""
+    diff = keypoints[:, :, None, :] - keypoints[:, None, :, :]
+    sq_dist = jnp.sum(diff**2, axis=-1)
+    k = keypoints.shape[1]
+    off_diagonal = 1.0 - jnp.eye(k, dtype=sq_dist.dtype)
+    spread = jnp.sum(jax.nn.relu(min_distance - sq_dist) * off_diagonal, axis=(1, 2))
+    depth = jnp.abs(jnp.mean(keypoints[..., 2], axis=1) - mean_depth)
+    return jnp.mean(spread + depth)
+
+
+def head_pose_loss(z_pose, pose_labels, valid=None):
+    """L1 between predicted and pseudo-label yaw, pitch, roll, in radians (z_pose and labels hold degrees).
+
+    `valid` ([B], optional) masks out examples without a label.
+    """
+    error = jnp.abs(jnp.deg2rad(z_pose[:, :3] - pose_labels[:, :3])).mean(axis=-1)
+    if valid is None:
+        return jnp.mean(error)
+    valid = valid.astype(error.dtype)
+    return jnp.sum(error * valid) / jnp.maximum(jnp.sum(valid), 1.0)
+
+
+def deformation_prior_loss(z_dyn):
+    """Mean |delta|: expression deformations should stay small so that pose explains rigid motion."""
+    return jnp.mean(jnp.abs(z_dyn))
+
+
+def pairwise_transfer_loss(pose_transferred, dynamics_transferred):
+    """VASA's pairwise pose/dynamics transfer loss between D(V_i, id_i, pose_j, dyn_i) and
+    D(V_j, id_j, pose_j, dyn_i): both show frame j's pose with frame i's dynamics of the same person (L1)."""
+    return l1(pose_transferred, dynamics_transferred)
+
+
+def identity_loss(embed_fn: Callable[[jax.Array], jax.Array], reference, reenacted):
+    """VASA's cross-identity loss: 1 - cosine similarity of face embeddings of the source image and of the source
+    re-enacted with another person's motion. The reference's embedding carries no gradient."""
+    batch = reference.shape[0]
+    embeddings = embed_fn(jnp.concatenate([jax.lax.stop_gradient(reference), reenacted], axis=0))
+    embeddings = embeddings / (jnp.linalg.norm(embeddings, axis=-1, keepdims=True) + 1e-8)
+    cosine = jnp.sum(jax.lax.stop_gradient(embeddings[:batch]) * embeddings[batch:], axis=-1)
+    return jnp.mean(1.0 - cosine)
+
+
+def psnr(prediction, target, max_value: float = 1.0):
+    """Per-example PSNR in dB, [B]."""
+    mse = jnp.mean((prediction.astype(jnp.float32) - target.astype(jnp.float32)) ** 2, axis=(1, 2, 3))
+    return 10.0 * jnp.log10(max_value**2 / jnp.maximum(mse, 1e-10))

@@ -1,0 +1,176 @@
+"""Small building blocks shared by the stage-1 networks: convolutions with logical axis names, GroupNorm residual
+blocks and down/up-sampling blocks in 2D and 3D, all channels-last.
+
+Every kernel carries logical axis names so that the trainer can shard parameters with rules from the config
+(`conv_in`/`conv_out` for convolutions, `embed`/`mlp` for dense layers). Norm scales and biases stay replicated.
+"""
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def conv_kernel_init(ndim: int):
+    """He-style init for a conv kernel of `ndim` spatial dims, with logical axes (spatial..., conv_in, conv_out)."""
+    axes = (None,) * ndim + ("conv_in", "conv_out")
+    return nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes)
+
+
+def bias_init():
+    return nn.with_logical_partitioning(nn.initializers.zeros_init(), ("conv_out",))
+
+
+def dense_kernel_init():
+    return nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", "mlp"))
+
+
+def dense_bias_init():
+    return nn.with_logical_partitioning(nn.initializers.zeros_init(), ("mlp",))
+
+
+def norm_init(value):
+    return nn.with_logical_partitioning(value, ("norm",))
+
+
+def Conv(features: int, kernel: int, ndim: int, stride: int = 1, use_bias: bool = True, name: str | None = None):
+    """A 'SAME'-padded 2D or 3D convolution with logically partitioned parameters."""
+    return nn.Conv(
+        features,
+        kernel_size=(kernel,) * ndim,
+        strides=(stride,) * ndim,
+        padding="SAME",
+        use_bias=use_bias,
+        kernel_init=conv_kernel_init(ndim),
+        bias_init=bias_init(),
+        name=name,
+    )
+
+
+def Dense(features: int, name: str | None = None):
+    return nn.Dense(features, kernel_init=dense_kernel_init(), bias_init=dense_bias_init(), name=name)
+
+
+def num_groups(channels: int, max_groups: int = 32) -> int:
+    """The largest group count <= max_groups that divides `channels` (GroupNorm needs an exact split)."""
+    for groups in range(min(max_groups, channels), 0, -1):
+        if channels % groups == 0:
+            return groups
+    return 1
+
+
+def GroupNorm(channels: int, name: str | None = None):
+    return nn.GroupNorm(
+        num_groups=num_groups(channels),
+        scale_init=norm_init(nn.initializers.ones_init()),
+        bias_init=norm_init(nn.initializers.zeros_init()),
+        name=name,
+    )
+
+
+class ResBlock(nn.Module):
+    """Pre-activation residual block (GN-ReLU-conv x2) that keeps the channel count; `ndim` is 2 or 3."""
+
+    ndim: int
+    kernel: int = 3
+
+    @nn.compact
+    def __call__(self, x):
+        channels = x.shape[-1]
+        h = nn.relu(GroupNorm(channels)(x))
+        h = Conv(channels, self.kernel, self.ndim)(h)
+        h = nn.relu(GroupNorm(channels)(h))
+        h = Conv(channels, self.kernel, self.ndim)(h)
+        return x + h
+
+
+def pool(x, factors: Sequence[int]):
+    """Average pooling over the spatial axes by integer `factors` (one per spatial axis)."""
+    window = tuple(factors)
+    return nn.avg_pool(x, window_shape=window, strides=window)
+
+
+def upsample(x, factors: Sequence[int]):
+    """Nearest-neighbour upsampling of the spatial axes by integer `factors`."""
+    for axis, factor in enumerate(factors, start=1):
+        if factor != 1:
+            x = jnp.repeat(x, factor, axis=axis)
+    return x
+
+
+class DownBlock(nn.Module):
+    """conv-GN-ReLU then average pooling by `factors` (default 2 on every spatial axis)."""
+
+    features: int
+    ndim: int
+    factors: Sequence[int] | None = None
+
+    @nn.compact
+    def __call__(self, x):
+        factors = self.factors or (2,) * self.ndim
+        x = Conv(self.features, 3, self.ndim)(x)
+        x = nn.relu(GroupNorm(self.features)(x))
+        return pool(x, factors)
+
+
+class UpBlock(nn.Module):
+    """Nearest upsampling by `factors`, then conv-GN-ReLU."""
+
+    features: int
+    ndim: int
+    factors: Sequence[int] | None = None
+
+    @nn.compact
+    def __call__(self, x):
+        factors = self.factors or (2,) * self.ndim
+        x = upsample(x, factors)
+        x = Conv(self.features, 3, self.ndim)(x)
+        return nn.relu(GroupNorm(self.features)(x))
+
+
+class Hourglass(nn.Module):
+    """U-Net style encoder-decoder (3D or 2D) with skip concatenations; returns the full-resolution features
+    concatenated with the input, as in face-vid2vid's dense motion network.
+
+    `factors` are the per-level pooling factors per spatial axis, e.g. (1, 2, 2) for volumes whose depth is small.
+    """
+
+    ndim: int
+    base_channels: int
+    max_channels: int
+    num_levels: int
+    factors: Sequence[int] | None = None
+
+    @nn.compact
+    def __call__(self, x):
+        factors = tuple(self.factors or (2,) * self.ndim)
+        skips = [x]
+        h = x
+        for level in range(self.num_levels):
+            channels = min(self.max_channels, self.base_channels * 2 ** (level + 1))
+            h = DownBlock(channels, self.ndim, factors)(h)
+            skips.append(h)
+        h = skips.pop()
+        for level in reversed(range(self.num_levels)):
+            channels = min(self.max_channels, self.base_channels * 2**level)
+            h = UpBlock(channels, self.ndim, factors)(h)
+            h = jnp.concatenate([h, skips.pop()], axis=-1)
+        return h
+
+
+def soft_argmax_3d(heatmap_logits, temperature: float):
+    """Keypoints as the expectation of (x, y, z) under a softmax over each channel's volume.
+
+    heatmap_logits: [B, D, H, W, K] -> keypoints [B, K, 3] in [-1, 1], ordered (x, y, z) like the warp grids.
+    """
+    b, d, h, w, k = heatmap_logits.shape
+    logits = heatmap_logits.reshape(b, d * h * w, k).astype(jnp.float32) / temperature
+    probs = jax.nn.softmax(logits, axis=1).reshape(b, d, h, w, k)
+    zs = jnp.linspace(-1.0, 1.0, d)
+    ys = jnp.linspace(-1.0, 1.0, h)
+    xs = jnp.linspace(-1.0, 1.0, w)
+    x = jnp.einsum("bdhwk,w->bk", probs, xs)
+    y = jnp.einsum("bdhwk,h->bk", probs, ys)
+    z = jnp.einsum("bdhwk,d->bk", probs, zs)
+    return jnp.stack([x, y, z], axis=-1)

@@ -1,0 +1,304 @@
+"""Stage 1: the face latent model (face-vid2vid modules arranged to expose VASA-1's four latents).
+
+An image I (float, [B, H, W, 3] in [0, 1]) is encoded into
+  V_app  [B, D, h, w, C]  appearance volume         (AppearanceFeatureExtractor)
+  z_id   [B, K, 3]        canonical 3D keypoints    (CanonicalKeypointDetector)
+  z_pose [B, 7]           yaw, pitch, roll (degrees), tx, ty, tz, log-scale   (HeadPoseExpressionEstimator)
+  z_dyn  [B, K, 3]        expression deformations   (HeadPoseExpressionEstimator)
+and rendered by
+  decode(V_app_s, z_id_s, z_pose_s, z_dyn_s, z_pose_d, z_dyn_d) -> image showing the source identity with the
+  driving pose and dynamics.
+The source pose and dynamics enter the decoder because V_app is the *posed* source volume: the motion field maps
+driving-space points back to source-space points through both keypoint sets, as in face-vid2vid.
+
+Keypoints: x = exp(log_s) * (x_c @ R(yaw, pitch, roll) + delta) + t.
+Warps use align_corners=True so that coordinate grids from `ops.make_coordinate_grid_3d` (linspace(-1, 1)) hit
+voxel centres exactly: an identical source and driving pose is an exact identity warp.
+"""
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vasa_jax import ops
+from vasa_jax.models.layers import (
+    Conv,
+    Dense,
+    DownBlock,
+    GroupNorm,
+    Hourglass,
+    ResBlock,
+    UpBlock,
+    soft_argmax_3d,
+)
+
+NUM_POSE_BINS = 66
+POSE_DIM = 7  # yaw, pitch, roll, tx, ty, tz, log_scale
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage1ModelConfig:
+    """Every size of the face latent model; built from the `model` section of configs/stage1.py."""
+
+    image_size: int = 256
+    num_keypoints: int = 15
+    # Appearance feature extractor: image -> volume [D, image_size / 2**afe_num_down, ..., C].
+    afe_base_channels: int = 64
+    afe_num_down: int = 2
+    afe_max_channels: int = 512
+    volume_depth: int = 16
+    volume_channels: int = 32
+    afe_num_res_blocks: int = 6
+    # Canonical keypoint detector: works on the image resized by kp_scale_factor.
+    kp_scale_factor: float = 0.25
+    kp_base_channels: int = 32
+    kp_num_down: int = 3
+    kp_max_channels: int = 1024
+    kp_volume_depth: int = 4
+    kp_volume_channels: int = 64
+    kp_num_up: int = 2
+    kp_temperature: float = 0.1
+    # Head pose / expression estimator.
+    hpe_base_channels: int = 64
+    hpe_num_down: int = 4
+    hpe_max_channels: int = 512
+    # Motion field estimator.
+    mfe_compress_channels: int = 4
+    mfe_base_channels: int = 32
+    mfe_max_channels: int = 512
+    mfe_num_levels: int = 3
+    mfe_keypoint_variance: float = 0.01
+    # Generator.
+    gen_channels: int = 512
+    gen_num_res_blocks: int = 6
+
+    @property
+    def volume_size(self) -> int:
+        return self.image_size // 2**self.afe_num_down
+
+    @classmethod
+    def from_config(cls, config: Any) -> "Stage1ModelConfig":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = dict(config)
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            raise ValueError(f"unknown stage-1 model config keys: {unknown}; known keys: {sorted(fields)}")
+        return cls(**values)
+
+
+class AppearanceFeatureExtractor(nn.Module):
+    """Image -> appearance volume V_app [B, D, h, w, C]: 2D stem and downsampling, 1x1 conv to D*C channels,
+    reshape to a volume, 3D residual blocks."""
+
+    cfg: Stage1ModelConfig
+
+    @nn.compact
+    def __call__(self, image):
+        cfg = self.cfg
+        x = Conv(cfg.afe_base_channels, 7, 2)(image)
+        x = nn.relu(GroupNorm(cfg.afe_base_channels)(x))
+        for level in range(cfg.afe_num_down):
+            x = DownBlock(min(cfg.afe_max_channels, cfg.afe_base_channels * 2 ** (level + 1)), 2)(x)
+        x = Conv(cfg.volume_depth * cfg.volume_channels, 1, 2)(x)
+        b, h, w, _ = x.shape
+        volume = x.reshape(b, h, w, cfg.volume_depth, cfg.volume_channels).transpose(0, 3, 1, 2, 4)
+        for _ in range(cfg.afe_num_res_blocks):
+            volume = ResBlock(3)(volume)
+        return volume
+
+
+class CanonicalKeypointDetector(nn.Module):
+    """Image -> K canonical 3D keypoints z_id [B, K, 3]: 2D encoder, reshape into a shallow volume, 3D decoder,
+    per-keypoint heatmaps and a soft-argmax."""
+
+    cfg: Stage1ModelConfig
+
+    @nn.compact
+    def __call__(self, image):
+        cfg = self.cfg
+        if cfg.kp_scale_factor != 1.0:
+            size = int(round(cfg.image_size * cfg.kp_scale_factor))
+            image = jax.image.resize(image, (image.shape[0], size, size, image.shape[-1]), "linear", antialias=True)
+        x = Conv(cfg.kp_base_channels, 7, 2)(image)
+        x = nn.relu(GroupNorm(cfg.kp_base_channels)(x))
+        for level in range(cfg.kp_num_down):
+            x = DownBlock(min(cfg.kp_max_channels, cfg.kp_base_channels * 2 ** (level + 1)), 2)(x)
+        x = Conv(cfg.kp_volume_depth * cfg.kp_volume_channels, 1, 2)(x)
+        b, h, w, _ = x.shape
+        v = x.reshape(b, h, w, cfg.kp_volume_depth, cfg.kp_volume_channels).transpose(0, 3, 1, 2, 4)
+        for level in range(cfg.kp_num_up):
+            v = UpBlock(max(8, cfg.kp_volume_channels // 2 ** (level + 1)), 3, (1, 2, 2))(v)
+        heatmaps = Conv(cfg.num_keypoints, 3, 3)(v)
+        return soft_argmax_3d(heatmaps, cfg.kp_temperature)
+
+
+class HeadPoseExpressionEstimator(nn.Module):
+    """Image -> z_pose [B, 7] (yaw, pitch, roll in degrees from 66-bin classification, translation, log-scale) and
+    z_dyn [B, K, 3] (expression deformations). The translation, scale and deformation heads start at zero so that
+    an untrained model places the canonical keypoints unchanged."""
+
+    cfg: Stage1ModelConfig
+
+    @nn.compact
+    def __call__(self, image):
+        cfg = self.cfg
+        x = Conv(cfg.hpe_base_channels, 7, 2, stride=2)(image)
+        x = nn.relu(GroupNorm(cfg.hpe_base_channels)(x))
+        for level in range(cfg.hpe_num_down):
+            channels = min(cfg.hpe_max_channels, cfg.hpe_base_channels * 2 ** (level + 1))
+            x = DownBlock(channels, 2)(x)
+            x = ResBlock(2)(x)
+        features = jnp.mean(x, axis=(1, 2))
+        angles = [
+            ops.headpose_bins_to_degrees(Dense(NUM_POSE_BINS, name=f"{name}_bins")(features))
+            for name in ("yaw", "pitch", "roll")
+        ]
+        zero_dense = lambda n, name: nn.Dense(
+            n,
+            kernel_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed", "mlp")),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("mlp",)),
+            name=name,
+        )
+        translation = zero_dense(3, "translation")(features)
+        log_scale = zero_dense(1, "log_scale")(features)
+        deformation = zero_dense(cfg.num_keypoints * 3, "deformation")(features)
+        z_pose = jnp.concatenate([jnp.stack(angles, axis=-1), translation, log_scale], axis=-1)
+        z_dyn = deformation.reshape(-1, cfg.num_keypoints, 3)
+        return z_pose, z_dyn
+
+
+def keypoints_from_latents(z_id, z_pose, z_dyn):
+    """Posed 3D keypoints [B, K, 3] from canonical keypoints, pose [B, 7] and deformations [B, K, 3]."""
+    rotation = ops.rotation_matrix(z_pose[:, 0], z_pose[:, 1], z_pose[:, 2])
+    return ops.transform_keypoints(z_id, rotation, z_pose[:, 3:6], z_dyn, z_pose[:, 6])
+
+
+class MotionFieldEstimator(nn.Module):
+    """Dense 3D flow (driving space -> source space) and a 2D occlusion mask.
+
+    Per keypoint k a first-order flow maps a driving point z to x_s,k + (z - x_d,k) J_d^-1 J_s (row vectors);
+    a background flow is the identity. The source volume is warped by each flow, stacked with Gaussian heatmap
+    differences, and a 3D hourglass predicts softmax composition masks (K+1) and an occlusion logit map.
+    """
+
+    cfg: Stage1ModelConfig
+
+    @nn.compact
+    def __call__(self, volume, kp_source, kp_driving, pose_source, pose_driving):
+        cfg = self.cfg
+        b, d, h, w, _ = volume.shape
+        k = kp_source.shape[1]
+        compressed = Conv(cfg.mfe_compress_channels, 1, 3)(volume)
+        compressed = nn.relu(GroupNorm(cfg.mfe_compress_channels)(compressed))
+
+        grid = ops.make_coordinate_grid_3d(d, h, w).astype(volume.dtype)  # [D, H, W, 3]
+        jac_source = ops.keypoint_jacobian(
+            ops.rotation_matrix(pose_source[:, 0], pose_source[:, 1], pose_source[:, 2]), pose_source[:, 6]
+        )
+        jac_driving = ops.keypoint_jacobian(
+            ops.rotation_matrix(pose_driving[:, 0], pose_driving[:, 1], pose_driving[:, 2]), pose_driving[:, 6]
+        )
+        driving_to_source = jnp.linalg.solve(jac_driving, jac_source)  # J_d^-1 J_s, [B, 3, 3]
+        offsets = grid[None, None] - kp_driving[:, :, None, None, None, :]  # [B, K, D, H, W, 3]
+        kp_flows = jnp.einsum("bkdhwi,bij->bkdhwj", offsets, driving_to_source)
+        kp_flows = kp_flows + kp_source[:, :, None, None, None, :]
+        identity = jnp.broadcast_to(grid[None, None], (b, 1, d, h, w, 3))
+        flows = jnp.concatenate([identity, kp_flows], axis=1)  # [B, K+1, D, H, W, 3]
+
+        tiled = jnp.repeat(compressed[:, None], k + 1, axis=1).reshape(b * (k + 1), d, h, w, -1)
+        warped = ops.grid_sample_3d(tiled, flows.reshape(b * (k + 1), d, h, w, 3), align_corners=True)
+        warped = warped.reshape(b, k + 1, d, h, w, -1).transpose(0, 2, 3, 4, 1, 5).reshape(b, d, h, w, -1)
+
+        heat_driving = ops.keypoints_to_gaussian_volume(kp_driving, (d, h, w), cfg.mfe_keypoint_variance)
+        heat_source = ops.keypoints_to_gaussian_volume(kp_source, (d, h, w), cfg.mfe_keypoint_variance)
+        heat = jnp.concatenate([jnp.zeros((b, d, h, w, 1), volume.dtype), heat_driving - heat_source], axis=-1)
+
+        features = Hourglass(
+            ndim=3,
+            base_channels=cfg.mfe_base_channels,
+            max_channels=cfg.mfe_max_channels,
+            num_levels=cfg.mfe_num_levels,
+            factors=(1, 2, 2),
+        )(jnp.concatenate([warped, heat.astype(warped.dtype)], axis=-1))
+        mask = jax.nn.softmax(Conv(k + 1, 7, 3, name="mask")(features).astype(jnp.float32), axis=-1)
+        flow = jnp.einsum("bdhwk,bkdhwi->bdhwi", mask, flows.astype(jnp.float32))
+
+        planes = features.transpose(0, 2, 3, 1, 4).reshape(b, h, w, -1)
+        occlusion = jax.nn.sigmoid(Conv(1, 7, 2, name="occlusion")(planes).astype(jnp.float32))
+        return flow, occlusion, mask
+
+
+class Generator(nn.Module):
+    """Warps V_app by the dense flow, projects 3D -> 2D (depth folded into channels + conv), applies the occlusion
+    mask, residual blocks and upsampling back to the image resolution."""
+
+    cfg: Stage1ModelConfig
+
+    @nn.compact
+    def __call__(self, volume, flow, occlusion):
+        cfg = self.cfg
+        warped = ops.grid_sample_3d(volume, flow.astype(volume.dtype), align_corners=True)
+        b, d, h, w, c = warped.shape
+        x = warped.transpose(0, 2, 3, 1, 4).reshape(b, h, w, d * c)
+        x = Conv(cfg.gen_channels, 3, 2)(x)
+        x = nn.relu(GroupNorm(cfg.gen_channels)(x))
+        x = Conv(cfg.gen_channels, 1, 2)(x)
+        x = x * occlusion.astype(x.dtype)
+        for _ in range(cfg.gen_num_res_blocks):
+            x = ResBlock(2)(x)
+        for level in range(cfg.afe_num_down):
+            x = UpBlock(max(16, cfg.gen_channels // 2 ** (level + 1)), 2)(x)
+        x = Conv(3, 7, 2, name="to_rgb")(x)
+        return jax.nn.sigmoid(x.astype(jnp.float32))
+
+
+class FaceLatentModel(nn.Module):
+    """The stage-1 face latent model. Use through `model.apply(params, ..., method=...)` with `encode`,
+    `encode_motion` or `decode`; `__call__` reconstructs a driving frame from a source frame (and creates all
+    parameters at init)."""
+
+    cfg: Stage1ModelConfig
+
+    def setup(self):
+        self.appearance = AppearanceFeatureExtractor(self.cfg)
+        self.keypoints = CanonicalKeypointDetector(self.cfg)
+        self.pose_expression = HeadPoseExpressionEstimator(self.cfg)
+        self.motion = MotionFieldEstimator(self.cfg)
+        self.generator = Generator(self.cfg)
+
+    def encode(self, image):
+        """image [B, H, W, 3] in [0, 1] -> (V_app, z_id, z_pose, z_dyn)."""
+        self._check_image(image)
+        z_pose, z_dyn = self.pose_expression(image)
+        return self.appearance(image), self.keypoints(image), z_pose, z_dyn
+
+    def encode_motion(self, image):
+        """image -> (z_pose, z_dyn) only: what stage 2 models, and what driving frames need."""
+        self._check_image(image)
+        return self.pose_expression(image)
+
+    def encode_keypoints(self, image):
+        """image -> posed 3D keypoints [B, K, 3] (used by the equivariance loss)."""
+        self._check_image(image)
+        z_pose, z_dyn = self.pose_expression(image)
+        return keypoints_from_latents(self.keypoints(image), z_pose, z_dyn)
+
+    def decode(self, volume, z_id, pose_source, dyn_source, pose_driving, dyn_driving):
+        """Render the source (V_app, z_id, posed by pose_source/dyn_source) with the driving pose and dynamics."""
+        kp_source = keypoints_from_latents(z_id, pose_source, dyn_source)
+        kp_driving = keypoints_from_latents(z_id, pose_driving, dyn_driving)
+        flow, occlusion, _ = self.motion(volume, kp_source, kp_driving, pose_source, pose_driving)
+        return self.generator(volume, flow, occlusion)
+
+    def __call__(self, source, driving):
+        volume, z_id, pose_s, dyn_s = self.encode(source)
+        pose_d, dyn_d = self.encode_motion(driving)
+        return self.decode(volume, z_id, pose_s, dyn_s, pose_d, dyn_d)
+
+    def _check_image(self, image):
+        expected = (self.cfg.image_size, self.cfg.image_size, 3)
+        if image.ndim != 4 or tuple(image.shape[1:]) != expected:
+            raise ValueError(f"expected images of shape [B, {expected[0]}, {expected[1]}, 3], got {image.shape}")

@@ -1,0 +1,32 @@
+"""Command line: python -m vasa_jax.train --config=configs/stage1.py[:variant] --workdir=DIR [--config.x.y=v]."""
+
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path of a config file, optionally with :variant.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard logs and samples.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    del argv
+    import jax
+
+    if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("VASA_DISTRIBUTED"):
+        jax.distributed.initialize()  # multi-host: coordinator and process ids from the environment
+    from vasa_jax.train.loop import train
+    from vasa_jax.train.metrics import NonFiniteLossError
+
+    try:
+        train(_CONFIG.value, _WORKDIR.value)
+    except (NonFiniteLossError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    print(f"done; outputs in {os.path.abspath(_WORKDIR.value)} (samples/, tensorboard/, checkpoints/)")
+
+
+if __name__ == "__main__":
+    app.run(main)

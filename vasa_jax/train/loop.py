@@ -1,0 +1,119 @@
+"""The generic training loop shared by both stages (big_vision style: one readable function).
+
+The state is created already sharded: `jax.eval_shape` gives its abstract shape with logical-axis boxes, the
+config's rules turn those into shardings, and a jitted init with those `out_shardings` materialises each shard on
+its device. Resume is automatic: if `<workdir>/checkpoints` holds a step, the state and the data iterator continue
+from there.
+"""
+
+import os
+import time
+
+import cv2
+import flax.linen as nn
+import jax
+import numpy as np
+
+from vasa_jax.train import checkpointing, metrics as metrics_lib, sharding
+
+
+def make_task(config):
+    if config.task == "stage1":
+        from vasa_jax.train.stage1 import Stage1Task
+
+        return Stage1Task(config)
+    raise ValueError(f"unknown task {config.task!r}; available: 'stage1'")
+
+
+def create_sharded_state(task, config, mesh):
+    """(state, shardings): the initial state, created directly with its shardings on `mesh`."""
+    rng = jax.random.key(config.seed)
+    abstract_boxed = jax.eval_shape(task.init_boxed, rng)
+    state_shardings = sharding.logical_shardings(abstract_boxed, mesh, config.sharding_rules)
+    init = jax.jit(lambda r: nn.unbox(task.init_boxed(r)), out_shardings=state_shardings)
+    return init(rng), state_shardings
+
+
+def compile_train_step(task, mesh, state_shardings, frozen_shardings):
+    return jax.jit(
+        task.train_step,
+        in_shardings=(state_shardings, sharding.batch_sharding(mesh), frozen_shardings),
+        out_shardings=(state_shardings, sharding.replicated(mesh)),
+        donate_argnums=(0,),
+    )
+
+
+def train(config, workdir: str) -> dict:
+    """Train `config.task` in `workdir` until config.train.num_steps; returns the last evaluation metrics."""
+    os.makedirs(workdir, exist_ok=True)
+    is_chief = jax.process_index() == 0
+    task = make_task(config)
+    mesh = sharding.make_mesh(config.mesh.shape, config.mesh.axes)
+    train_cfg = config.train
+
+    state, state_shardings = create_sharded_state(task, config, mesh)
+    frozen = jax.device_put(task.load_frozen(), sharding.replicated(mesh))
+    frozen_shardings = jax.tree.map(lambda _: sharding.replicated(mesh), frozen)
+    iterator = task.train_iterator(jax.process_index(), jax.process_count())
+
+    checkpointer = checkpointing.Checkpointer(workdir, config, train_cfg.keep_checkpoints)
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        abstract = checkpointing.abstract_with_shardings(jax.eval_shape(lambda: state), state_shardings)
+        del state
+        state = checkpointer.restore(latest, abstract, iterator)
+        if is_chief:
+            print(f"resumed from {checkpointer.directory} at step {latest}", flush=True)
+    start_step = int(jax.device_get(state["step"]))
+
+    if is_chief:
+        print(
+            f"mesh {dict(mesh.shape)}; {_count_params(state['params']) / 1e6:.2f}M parameters; "
+            f"{sharding.sharded_fraction(state['params']):.0%} of parameter bytes sharded",
+            flush=True,
+        )
+    train_step = compile_train_step(task, mesh, state_shardings, frozen_shardings)
+    writer = metrics_lib.MetricWriter(workdir, train_cfg.num_steps, config.data.batch_size, enabled=is_chief)
+    eval_metrics = {}
+    try:
+        for step in range(start_step + 1, train_cfg.num_steps + 1):
+            batch = sharding.global_batch(next(iterator), mesh)
+            state, step_metrics = train_step(state, batch, frozen)
+            last = step == train_cfg.num_steps
+            checkpoint_now = step % train_cfg.checkpoint_every == 0 or last
+            if step % train_cfg.log_every == 0 or checkpoint_now or step == start_step + 1:
+                host_metrics = jax.device_get(step_metrics)
+                metrics_lib.check_finite(host_metrics, step)
+                writer.write_scalars(step, host_metrics)
+                writer.progress(step, host_metrics)
+            if step % train_cfg.eval_every == 0 or last:
+                eval_metrics = task.evaluate(state)
+                writer.write_scalars(step, eval_metrics, prefix="eval")
+                if is_chief:
+                    print(f"eval step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in eval_metrics.items()), flush=True)
+            if (step % train_cfg.sample_every == 0 or last) and is_chief:
+                grid = task.sample_grid(state)
+                writer.write_image(step, "samples", grid)
+                write_png(os.path.join(workdir, "samples", f"step_{step:07d}.png"), grid)
+            if checkpoint_now:
+                checkpointer.save(step, state, iterator)
+    finally:
+        checkpointer.close()
+        writer.close()
+    return eval_metrics
+
+
+def write_png(path: str, rgb: np.ndarray) -> None:
+    """Atomic PNG write (temp file + rename), so a crash never leaves a truncated image."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    ok, encoded = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise RuntimeError(f"could not encode {path}")
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(encoded.tobytes())
+    os.replace(tmp, path)
+
+
+def _count_params(params) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))

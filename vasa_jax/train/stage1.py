@@ -1,0 +1,349 @@
+"""The stage-1 training task: face latent model + multi-scale discriminator, their losses and one jitted step that
+updates both, the data iterator, held-out evaluation and the sample grid.
+
+A task gives the generic loop (`vasa_jax.train.loop`) everything model-specific:
+  init_boxed(rng)                    -> state pytree with logical-axis boxes (shardings are derived from it)
+  load_frozen()                      -> frozen pretrained params (VGG19, ArcFace) passed to every step
+  train_step(state, batch, frozen)   -> (state, metrics)                   pure; jitted by the loop
+  train_iterator(index, count)       -> checkpointable grain iterator of per-process numpy batches
+  evaluate(state, frozen)            -> dict of held-out metrics          (host side)
+  sample_grid(state)                 -> uint8 image for TensorBoard/PNG   (host side)
+"""
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from vasa_jax import ops
+from vasa_jax.data import synthetic
+from vasa_jax.losses import stage1 as losses
+from vasa_jax.models import arcface, vgg19
+from vasa_jax.models.discriminator import MultiScaleDiscriminator
+from vasa_jax.models.stage1 import FaceLatentModel, Stage1ModelConfig, keypoints_from_latents
+
+
+def make_optimizer(learning_rate: float, end_learning_rate: float, warmup_steps: int, num_steps: int, opt_cfg):
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=learning_rate,
+        warmup_steps=min(warmup_steps, max(num_steps - 1, 1)),
+        decay_steps=max(num_steps, warmup_steps + 1),
+        end_value=end_learning_rate,
+    )
+    return optax.chain(
+        optax.clip_by_global_norm(opt_cfg.grad_clip_norm),
+        optax.adamw(schedule, b1=opt_cfg.b1, b2=opt_cfg.b2, weight_decay=opt_cfg.weight_decay),
+    )
+
+
+def to_float_images(batch, keys=("source", "driving", "cross")):
+    return {k: batch[k].astype(jnp.float32) / 255.0 for k in keys}
+
+
+class Stage1Task:
+    def __init__(self, config):
+        self.config = config
+        self.model_cfg = Stage1ModelConfig.from_config(config.model)
+        if config.data.resolution != self.model_cfg.image_size:
+            raise ValueError(
+                f"data.resolution ({config.data.resolution}) must equal model.image_size ({self.model_cfg.image_size})"
+            )
+        self.model = FaceLatentModel(self.model_cfg)
+        self.discriminator = MultiScaleDiscriminator(
+            scales=tuple(config.discriminator.scales), channels=tuple(config.discriminator.channels)
+        )
+        opt = config.optimizer
+        steps = config.train.num_steps
+        self.generator_tx = make_optimizer(opt.learning_rate, opt.end_learning_rate, opt.warmup_steps, steps, opt)
+        self.discriminator_tx = make_optimizer(
+            opt.discriminator_learning_rate, opt.end_learning_rate, opt.warmup_steps, steps, opt
+        )
+        self.perceptual_net = vgg19.VGG19Features(layers=tuple(config.losses.perceptual_layers.keys()))
+        self.batch_size = config.data.batch_size
+
+    # ----------------------------------------------------------------------------------------------- state
+    def init_boxed(self, rng):
+        size = self.model_cfg.image_size
+        image = jnp.zeros((1, size, size, 3), jnp.float32)
+        gen_rng, disc_rng = jax.random.split(rng)
+        generator = self.model.init(gen_rng, image, image)["params"]
+        disc_vars = self.discriminator.init(disc_rng, image)
+        return {
+            "step": jnp.zeros((), jnp.int32),
+            "params": {"generator": generator, "discriminator": disc_vars["params"]},
+            "batch_stats": {"discriminator": disc_vars["batch_stats"]},
+            "opt_state": {
+                "generator": self.generator_tx.init(generator),
+                "discriminator": self.discriminator_tx.init(disc_vars["params"]),
+            },
+        }
+
+    def load_frozen(self):
+        """Frozen feature networks, loaded from their published checkpoints (or random when the config allows)."""
+        cfg = self.config.feature_nets
+        weights = self.config.losses
+        frozen = {}
+        if weights.perceptual > 0:
+            frozen["vgg19"] = _load_or_init(
+                cfg.vgg19_path, "feature_nets.vgg19_path", cfg.allow_random_init,
+                vgg19.load_vgg19_params, lambda: vgg19.init_vgg19_params(jax.random.key(1)),
+            )
+        if weights.identity > 0:
+            frozen["arcface"] = _load_or_init(
+                cfg.arcface_path, "feature_nets.arcface_path", cfg.allow_random_init,
+                lambda p: arcface.load_arcface_params(p, cfg.arcface_depth),
+                lambda: arcface.init_arcface_params(jax.random.key(2), cfg.arcface_depth),
+            )
+        return frozen
+
+    # ------------------------------------------------------------------------------------------------ step
+    def _generator_losses(self, gen_params, disc_vars, frozen, images, batch, rng):
+        cfg = self.config.losses
+        model = self.model
+        apply = lambda method, *args: model.apply({"params": gen_params}, *args, method=method)
+        source, driving, cross = images["source"], images["driving"], images["cross"]
+        b = source.shape[0]
+        terms = {}
+
+        if cfg.pairwise_transfer > 0:
+            volumes, ids, poses, dyns = apply(FaceLatentModel.encode, jnp.concatenate([source, driving]))
+            vol_s, vol_d = volumes[:b], volumes[b:]
+            id_s, id_d = ids[:b], ids[b:]
+            pose_s, pose_d = poses[:b], poses[b:]
+            dyn_s, dyn_d = dyns[:b], dyns[b:]
+            pose_c, dyn_c = apply(FaceLatentModel.encode_motion, cross)
+        else:
+            vol_s, id_s, pose_s, dyn_s = apply(FaceLatentModel.encode, source)
+            poses, dyns = apply(FaceLatentModel.encode_motion, jnp.concatenate([driving, cross]))
+            pose_d, pose_c = poses[:b], poses[b:]
+            dyn_d, dyn_c = dyns[:b], dyns[b:]
+
+        # All renders of the source volume in one decoder call: reconstruction of the driving frame, driving pose
+        # with the source's own dynamics (pairwise transfer), and the cross identity's motion (identity loss).
+        targets = [(pose_d, dyn_d)]
+        if cfg.pairwise_transfer > 0:
+            targets.append((pose_d, dyn_s))
+        if cfg.identity > 0:
+            targets.append((pose_c, dyn_c))
+        n = len(targets)
+        tile = lambda x: jnp.concatenate([x] * n)
+        renders = apply(
+            FaceLatentModel.decode,
+            tile(vol_s), tile(id_s), tile(pose_s), tile(dyn_s),
+            jnp.concatenate([t[0] for t in targets]), jnp.concatenate([t[1] for t in targets]),
+        )
+        reconstruction = renders[:b]
+
+        if cfg.reconstruction_l1 > 0:
+            terms["reconstruction_l1"] = losses.l1(reconstruction, driving)
+        if cfg.perceptual > 0:
+            vgg = lambda x: self.perceptual_net.apply(frozen["vgg19"], x)
+            terms["perceptual"] = losses.perceptual_loss(
+                vgg, reconstruction, driving, dict(cfg.perceptual_layers), cfg.perceptual_scales
+            )
+        if cfg.adversarial > 0 or cfg.feature_matching > 0:
+            outputs = self.discriminator.apply(disc_vars, jnp.concatenate([driving, reconstruction]))
+            real_features = [[f[:b] for f in feats] for feats, _ in outputs]
+            fake_features = [[f[b:] for f in feats] for feats, _ in outputs]
+            if cfg.adversarial > 0:
+                terms["adversarial"] = losses.hinge_generator_loss([logits[b:] for _, logits in outputs])
+            if cfg.feature_matching > 0:
+                terms["feature_matching"] = losses.feature_matching_loss(real_features, fake_features)
+        if cfg.equivariance > 0 or cfg.keypoint_prior > 0:
+            tps = ops.sample_tps_params(
+                rng, b, sigma_affine=cfg.tps_sigma_affine, sigma_tps=cfg.tps_sigma_tps, points_tps=cfg.tps_points
+            )
+            warped = ops.tps_warp_image(tps, driving)
+            keypoints = apply(FaceLatentModel.encode_keypoints, jnp.concatenate([driving, warped]))
+            kp_driving, kp_warped = keypoints[:b], keypoints[b:]
+            if cfg.equivariance > 0:
+                terms["equivariance"] = losses.equivariance_loss(kp_driving, kp_warped, tps)
+            if cfg.keypoint_prior > 0:
+                terms["keypoint_prior"] = losses.keypoint_prior_loss(
+                    kp_driving, cfg.keypoint_min_distance, cfg.keypoint_mean_depth
+                )
+        if cfg.head_pose > 0:
+            terms["head_pose"] = losses.head_pose_loss(
+                jnp.concatenate([pose_s, pose_d]), jnp.concatenate([batch["source_pose"], batch["driving_pose"]])
+            )
+        if cfg.deformation_prior > 0:
+            terms["deformation_prior"] = losses.deformation_prior_loss(jnp.concatenate([dyn_s, dyn_d]))
+        index = 1
+        if cfg.pairwise_transfer > 0:
+            pose_transferred = renders[index * b : (index + 1) * b]
+            index += 1
+            dynamics_transferred = apply(FaceLatentModel.decode, vol_d, id_d, pose_d, dyn_d, pose_d, dyn_s)
+            terms["pairwise_transfer"] = losses.pairwise_transfer_loss(pose_transferred, dynamics_transferred)
+        if cfg.identity > 0:
+            reenacted = renders[index * b : (index + 1) * b]
+            embed = lambda x: arcface.arcface_embed(frozen["arcface"], x, self.config.feature_nets.arcface_depth)
+            terms["identity"] = losses.identity_loss(embed, source, reenacted)
+
+        total = sum(getattr(cfg, name) * value for name, value in terms.items())
+        return total, (terms, reconstruction)
+
+    def train_step(self, state, batch, frozen):
+        """One generator update and one discriminator update (on the generator's pre-update reconstructions)."""
+        cfg = self.config.losses
+        rng = jax.random.fold_in(jax.random.key(self.config.seed), state["step"])
+        images = to_float_images(batch)
+        params = state["params"]
+        disc_vars = {"params": params["discriminator"], "batch_stats": state["batch_stats"]["discriminator"]}
+
+        grad_fn = jax.value_and_grad(self._generator_losses, has_aux=True)
+        (gen_total, (terms, reconstruction)), gen_grads = grad_fn(
+            params["generator"], disc_vars, frozen, images, batch, rng
+        )
+        gen_updates, gen_opt = self.generator_tx.update(
+            gen_grads, state["opt_state"]["generator"], params["generator"]
+        )
+        new_generator = optax.apply_updates(params["generator"], gen_updates)
+
+        new_disc_params, disc_opt, new_stats = params["discriminator"], state["opt_state"]["discriminator"], disc_vars["batch_stats"]
+        metrics = {}
+        if cfg.adversarial > 0 or cfg.feature_matching > 0:
+            b = reconstruction.shape[0]
+            fake = jax.lax.stop_gradient(reconstruction)
+
+            def disc_loss_fn(disc_params):
+                outputs, updates = self.discriminator.apply(
+                    {"params": disc_params, "batch_stats": disc_vars["batch_stats"]},
+                    jnp.concatenate([images["driving"], fake]),
+                    update_stats=True,
+                    mutable=["batch_stats"],
+                )
+                logits = [lg for _, lg in outputs]
+                loss = losses.hinge_discriminator_loss([lg[:b] for lg in logits], [lg[b:] for lg in logits])
+                return loss, updates["batch_stats"]
+
+            (disc_loss, new_stats), disc_grads = jax.value_and_grad(disc_loss_fn, has_aux=True)(params["discriminator"])
+            disc_updates, disc_opt = self.discriminator_tx.update(disc_grads, disc_opt, params["discriminator"])
+            new_disc_params = optax.apply_updates(params["discriminator"], disc_updates)
+            metrics["discriminator_loss"] = disc_loss
+            metrics["discriminator_grad_norm"] = optax.global_norm(disc_grads)
+
+        metrics.update(terms)
+        metrics["generator_loss"] = gen_total
+        metrics["generator_grad_norm"] = optax.global_norm(gen_grads)
+        metrics["psnr"] = jnp.mean(losses.psnr(reconstruction, images["driving"]))
+        new_state = {
+            "step": state["step"] + 1,
+            "params": {"generator": new_generator, "discriminator": new_disc_params},
+            "batch_stats": {"discriminator": new_stats},
+            "opt_state": {"generator": gen_opt, "discriminator": disc_opt},
+        }
+        return new_state, metrics
+
+    # ------------------------------------------------------------------------------------------------ data
+    def _source(self, split: str):
+        data = self.config.data
+        if data.source != "synthetic":
+            raise ValueError(f"unknown data.source {data.source!r} for stage 1; available: 'synthetic'")
+        cfg = synthetic.SyntheticConfig(
+            num_identities=data.num_identities,
+            num_test_identities=data.eval_identities,
+            clips_per_identity=data.clips_per_identity,
+            frames_per_clip=data.frames_per_clip,
+            resolution=data.resolution,
+            seed=data.seed,
+            pairs_per_clip=data.pairs_per_clip,
+        )
+        return synthetic.SyntheticStage1Source(cfg, split)
+
+    def train_iterator(self, process_index: int, process_count: int):
+        """Shuffled, repeated, per-process-sharded batches of this process's share of the global batch."""
+        data = self.config.data
+        if data.batch_size % process_count:
+            raise ValueError(f"data.batch_size {data.batch_size} is not divisible by {process_count} processes")
+        dataset = (
+            grain.MapDataset.source(self._source("train"))
+            .shuffle(seed=data.seed)
+            .repeat()
+        )
+        dataset = dataset[process_index::process_count]
+        dataset = dataset.batch(data.batch_size // process_count, drop_remainder=True)
+        return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=data.num_threads, prefetch_buffer_size=2)))
+
+    @functools.cached_property
+    def eval_batch(self):
+        """A fixed set of held-out pairs (test identities), as one numpy batch."""
+        source = self._source("test")
+        rng = np.random.default_rng(self.config.data.seed)
+        indices = rng.choice(len(source), size=min(self.config.data.eval_pairs, len(source)), replace=False)
+        items = [source[int(i)] for i in indices]
+        return {k: np.stack([item[k] for item in items]) for k in items[0]}
+
+    # ------------------------------------------------------------------------------------------- evaluation
+    @functools.cached_property
+    def _reconstruct(self):
+        def reconstruct(gen_params, source, driving, cross):
+            volume, z_id, pose_s, dyn_s = self.model.apply({"params": gen_params}, source, method=FaceLatentModel.encode)
+            motion = self.model.apply(
+                {"params": gen_params}, jnp.concatenate([driving, cross]), method=FaceLatentModel.encode_motion
+            )
+            b = source.shape[0]
+            pose = motion[0]
+            dyn = motion[1]
+            render = lambda p, d: self.model.apply(
+                {"params": gen_params}, volume, z_id, pose_s, dyn_s, p, d, method=FaceLatentModel.decode
+            )
+            return render(pose[:b], dyn[:b]), render(pose[b:], dyn[b:]), pose[:b]
+
+        return jax.jit(reconstruct)
+
+    def evaluate(self, state) -> dict:
+        """Held-out reconstruction PSNR against the copy-the-source baseline, overall and on large-pose pairs."""
+        batch = self.eval_batch
+        images = {k: batch[k].astype(np.float32) / 255.0 for k in ("source", "driving", "cross")}
+        gen_params = state["params"]["generator"]
+        recon_psnr, copy_psnr, pose_error = [], [], []
+        chunk = self.config.data.batch_size
+        for start in range(0, len(images["source"]), chunk):
+            part = {k: v[start : start + chunk] for k, v in images.items()}
+            recon, _, pose = self._reconstruct(gen_params, part["source"], part["driving"], part["cross"])
+            recon_psnr.append(np.asarray(losses.psnr(recon, part["driving"])))
+            copy_psnr.append(np.asarray(losses.psnr(part["source"], part["driving"])))
+            pose_error.append(np.abs(np.asarray(pose)[:, :3] - batch["driving_pose"][start : start + chunk, :3]))
+        recon_psnr, copy_psnr = np.concatenate(recon_psnr), np.concatenate(copy_psnr)
+        pose_delta = np.abs(batch["source_pose"][:, :3] - batch["driving_pose"][:, :3]).max(axis=-1)
+        large = pose_delta > self.config.train.large_pose_degrees
+        result = {
+            "psnr": float(recon_psnr.mean()),
+            "copy_source_psnr": float(copy_psnr.mean()),
+            "head_pose_mae_degrees": float(np.concatenate(pose_error).mean()),
+            "num_pairs": int(len(recon_psnr)),
+            "num_large_pose_pairs": int(large.sum()),
+        }
+        if large.any():
+            result["psnr_large_pose"] = float(recon_psnr[large].mean())
+            result["copy_source_psnr_large_pose"] = float(copy_psnr[large].mean())
+            result["gain_over_copy_large_pose_db"] = result["psnr_large_pose"] - result["copy_source_psnr_large_pose"]
+        return result
+
+    def sample_grid(self, state, num_rows: int = 6) -> np.ndarray:
+        """Rows of held-out examples; columns: source, driving, reconstruction, cross frame, source re-enacted with
+        the cross identity's motion. uint8 [rows * H, 5 * W, 3]."""
+        batch = {k: v[:num_rows] for k, v in self.eval_batch.items()}
+        images = {k: batch[k].astype(np.float32) / 255.0 for k in ("source", "driving", "cross")}
+        gen_params = state["params"]["generator"]
+        recon, reenacted, _ = self._reconstruct(gen_params, images["source"], images["driving"], images["cross"])
+        columns = [images["source"], images["driving"], np.asarray(recon), images["cross"], np.asarray(reenacted)]
+        rows = [np.concatenate([c[i] for c in columns], axis=1) for i in range(len(images["source"]))]
+        return (np.clip(np.concatenate(rows, axis=0), 0, 1) * 255).round().astype(np.uint8)
+
+
+def _load_or_init(path, key, allow_random, load, init):
+    if path:
+        return load(path)
+    if allow_random:
+        return init()
+    raise FileNotFoundError(
+        f"config.{key} is empty: give the path of the pretrained checkpoint (or set "
+        f"config.feature_nets.allow_random_init=True for smoke tests and synthetic data)"
+    )
