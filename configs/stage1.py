@@ -7,7 +7,7 @@ Variants (`--config=configs/stage1.py:VARIANT`):
 
 Run:
   python -m vasa_jax.train --config=configs/stage1.py:tiny --workdir=runs/stage1_tiny
-  python -m vasa_jax.train --config=configs/stage1.py --workdir=gs://bucket/stage1 \
+  python -m vasa_jax.train --config=configs/stage1.py --workdir=/data/runs/stage1 \
       --config.feature_nets.vgg19_path=/weights/vgg19.pth --config.feature_nets.arcface_path=/weights/r50.pth
 Override any value with --config.section.key=value.
 """
@@ -41,6 +41,7 @@ def base_model():
         mfe_max_channels=512,
         mfe_num_levels=3,
         mfe_keypoint_variance=0.01,
+        mfe_mask_kernel=7,
         gen_channels=512,
         gen_num_res_blocks=6,
     )
@@ -65,6 +66,7 @@ def get_config(variant: str = ""):
         equivariance=10.0,
         keypoint_prior=10.0,
         head_pose=20.0,
+        head_pose_bins=1.0,  # Hopenet's cross-entropy on the 66 angle bins, beside the L1 on degrees
         deformation_prior=5.0,
         pairwise_transfer=10.0,
         identity=5.0,
@@ -162,22 +164,27 @@ def _make_tiny(config):
         hpe_base_channels=16,
         hpe_num_down=4,
         hpe_max_channels=128,
-        mfe_compress_channels=4,
-        mfe_base_channels=16,
-        mfe_max_channels=64,
+        mfe_compress_channels=2,
+        mfe_base_channels=8,
+        mfe_max_channels=32,
         mfe_num_levels=2,
+        mfe_mask_kernel=3,
         gen_channels=64,
         gen_num_res_blocks=2,
     )
     config.discriminator.channels = (16, 32, 64)
+    # Without pretrained weights the VGG19 perceptual and ArcFace identity losses carry no signal and dominate the
+    # CPU step time, so the tiny run replaces them by a pixel L1 loss; the trainer tests switch the perceptual and
+    # pairwise transfer terms back on (the identity loss has its own tests).
     config.losses.update(
         reconstruction_l1=10.0,
-        perceptual=1.0,
+        perceptual=0.0,
         perceptual_scales=2,
         perceptual_layers=dict(relu1_1=0.25, relu2_1=0.5, relu3_1=1.0),
         adversarial=0.1,
         feature_matching=1.0,
-        identity=1.0,
+        pairwise_transfer=0.0,  # two extra decoder passes per step: too slow for the CPU quickstart
+        identity=0.0,
     )
     config.feature_nets.allow_random_init = True
     config.feature_nets.arcface_depth = 18
@@ -190,8 +197,8 @@ def _make_tiny(config):
         clips_per_identity=2,
         frames_per_clip=100,
         eval_identities=8,
-        eval_pairs=64,
+        eval_pairs=256,  # about 30 of them differ in head pose by more than 20 degrees
     )
     config.train.update(
-        num_steps=1500, log_every=25, eval_every=250, checkpoint_every=250, sample_every=250, keep_checkpoints=2
+        num_steps=1000, log_every=25, eval_every=250, checkpoint_every=250, sample_every=250, keep_checkpoints=2
     )

@@ -68,3 +68,15 @@ def test_feature_matching_and_psnr():
     np.testing.assert_allclose(float(losses.feature_matching_loss(real, fake)), 0.5)
     target = jnp.zeros((1, 4, 4, 3))
     np.testing.assert_allclose(float(losses.psnr(target + 0.1, target)[0]), 20.0, rtol=1e-5)
+
+
+def test_head_pose_bin_loss_is_cross_entropy_of_the_label_bin():
+    labels = jnp.array([[0.0, -99.0, 96.2, 0, 0, 0]])  # nearest bin values: 0 -> 33, -99 -> 0, 96 -> 65
+    logits = jnp.zeros((1, 3, 66)).at[0, 0, 33].set(5.0)
+    expected_first = -jax.nn.log_softmax(logits[0, 0])[33]
+    expected = (expected_first + 2 * np.log(66.0)) / 3
+    np.testing.assert_allclose(float(losses.head_pose_bin_loss(logits, labels)), float(expected), rtol=1e-5)
+    # a saturated softmax on a wrong bin still has a gradient towards the right one
+    wrong = jnp.zeros((1, 3, 66)).at[:, :, 10].set(50.0)
+    grads = jax.grad(lambda lg: losses.head_pose_bin_loss(lg, labels))(wrong)
+    assert float(grads[0, 0, 33]) < -0.1

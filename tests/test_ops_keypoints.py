@@ -111,11 +111,11 @@ def test_headpose_uniform_logits_give_bin_average():
     np.testing.assert_allclose(float(deg), 32.5 * 3 - 99, atol=1e-4)
 
 
-def test_degrees_to_headpose_bin_clips_and_floors():
-    deg = np.array([-150.0, -99.0, -97.5, -96.0, 0.0, 98.9, 120.0], np.float32)
+def test_degrees_to_headpose_bin_clips_and_rounds_to_nearest_bin_value():
+    deg = np.array([-150.0, -99.0, -98.0, -97.0, -96.0, 0.0, 1.4, 1.6, 98.9, 120.0], np.float32)
     bins = np.asarray(degrees_to_headpose_bin(deg))
     assert bins.dtype == np.int32
-    np.testing.assert_array_equal(bins, [0, 0, 0, 1, 33, 65, 65])
+    np.testing.assert_array_equal(bins, [0, 0, 0, 1, 1, 33, 33, 34, 65, 65])
 
 
 def test_headpose_rejects_wrong_bin_count():

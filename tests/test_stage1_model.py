@@ -81,6 +81,31 @@ def test_same_source_and_driving_keypoints_give_identity_flow():
     assert occlusion.shape == (2, 16, 16, 1)
 
 
+def test_keypoint_flows_send_rigidly_moving_points_to_their_source_position():
+    """Different rotations, scales and translations in source and driving: a canonical point c with keypoint
+    k's deformation sits at s_d (c R_d + delta_k) + t_d in the driving frame; flow k must map it to
+    s_s (c R_s + delta_k) + t_s. A swapped or transposed Jacobian product fails this."""
+    from vasa_jax.models.stage1 import keypoint_flows
+
+    rng = np.random.default_rng(0)
+    z_id = jnp.asarray(rng.uniform(-0.5, 0.5, (2, 3, 3)), jnp.float32)
+    dyn = jnp.asarray(rng.normal(0, 0.05, (2, 3, 3)), jnp.float32)
+    pose_s = jnp.array([[25.0, -10.0, 5.0, 0.1, -0.05, 0.02, 0.1], [-15.0, 20.0, -8.0, 0.0, 0.1, 0.0, -0.2]])
+    pose_d = jnp.array([[-20.0, 15.0, -5.0, -0.1, 0.05, 0.0, -0.15], [30.0, -5.0, 12.0, 0.05, 0.0, -0.1, 0.25]])
+    kp_s, kp_d = keypoints_from_latents(z_id, pose_s, dyn), keypoints_from_latents(z_id, pose_d, dyn)
+    canonical = jnp.asarray(rng.uniform(-0.6, 0.6, (5, 3)), jnp.float32)  # five arbitrary points
+
+    def place(pose, k):  # the canonical points moved like keypoint k: [B, 5, 3]
+        points = canonical[None] + jnp.zeros((2, 1, 3))
+        return keypoints_from_latents(points, pose, jnp.broadcast_to(dyn[:, k : k + 1], (2, 5, 3)))
+
+    for k in range(3):
+        driving_points, source_points = place(pose_d, k), place(pose_s, k)
+        for b in range(2):
+            flows = keypoint_flows(driving_points[b], kp_s[b : b + 1], kp_d[b : b + 1], pose_s[b : b + 1], pose_d[b : b + 1])
+            np.testing.assert_allclose(np.asarray(flows[0, k]), np.asarray(source_points[b]), atol=1e-5)
+
+
 def test_flow_follows_a_pure_translation():
     """Driving keypoints shifted by t (same rotation and scale) must send each driving point z to z - t."""
     cfg = Stage1ModelConfig(**SMALL)
@@ -98,3 +123,17 @@ def test_flow_follows_a_pure_translation():
     keypoint_mass = 1.0 - np.asarray(mask[..., :1])  # share of the non-background flows
     expected = grid[None] - keypoint_mass * np.asarray(shift)
     np.testing.assert_allclose(np.asarray(flow), expected, atol=1e-5)
+
+
+def test_depth_split_conv3d_equals_native_conv3d():
+    from vasa_jax.models.layers import Conv3D
+
+    x = jax.random.normal(jax.random.key(10), (2, 5, 6, 7, 3))
+    for kernel in (1, 3, 5):
+        split = Conv3D(4, kernel)
+        variables = nn.unbox(split.init(jax.random.key(11), x))
+        variables = jax.tree.map(lambda v: v + 0.1, variables)  # non-zero bias too
+        native = nn.Conv(4, (kernel,) * 3, padding="SAME")
+        np.testing.assert_allclose(
+            np.asarray(split.apply(variables, x)), np.asarray(native.apply(variables, x)), rtol=1e-5, atol=1e-5
+        )

@@ -237,3 +237,17 @@ def test_grain_map_dataset():
     ds = grain.MapDataset.source(S.SyntheticStage1Source(cfg)).shuffle(seed=0).batch(2)
     batch = ds[0]
     assert batch["source"].shape == (2, 64, 64, 3) and batch["identity"].shape == (2,)
+
+
+def test_keypoint_convention_matches_model_rotation():
+    """The renderer's angles, fed to the model's rotation_matrix, give the renderer's rotation expressed in the
+    warp-grid frame (y down, z away from the viewer), transposed for the row-vector convention: the synthetic
+    pose labels need no conversion."""
+    from vasa_jax import ops
+
+    rng = np.random.default_rng(0)
+    angles = rng.uniform(-40, 40, (16, 3))
+    flip = np.diag([1.0, -1.0, -1.0])
+    grid_rotation = flip @ S.head_rotation(angles[:, 0], angles[:, 1], angles[:, 2]) @ flip
+    model_rotation = np.asarray(ops.rotation_matrix(angles[:, 0], angles[:, 1], angles[:, 2]))
+    np.testing.assert_allclose(model_rotation, np.swapaxes(grid_rotation, -1, -2), atol=1e-5)

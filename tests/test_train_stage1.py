@@ -32,7 +32,7 @@ def small_config():
     config.discriminator.channels = (8, 16)
     config.data.update(resolution=32, num_identities=6, eval_identities=2, eval_pairs=8, batch_size=8, num_threads=1)
     config.losses.identity = 0.0  # ArcFace at 112x112 is the slowest piece to compile; its loss has its own tests
-    config.losses.perceptual_layers = dict(relu1_1=1.0, relu2_1=1.0)
+    config.losses.update(perceptual=1.0, pairwise_transfer=1.0, perceptual_layers=dict(relu1_1=1.0, relu2_1=1.0))
     return config
 
 
@@ -58,10 +58,17 @@ def test_sharded_step_equals_single_device_step():
         new_state, metrics = step(state, sharding.global_batch(batch_np, mesh), frozen)
         results[name] = jax.device_get((new_state["params"], metrics))
     (params_1, metrics_1), (params_8, metrics_8) = results["single"], results["mesh"]
+    assert {"perceptual", "pairwise_transfer", "head_pose_bins", "adversarial"} <= set(metrics_1)
     for key in metrics_1:
-        np.testing.assert_allclose(metrics_8[key], metrics_1[key], rtol=1e-5, atol=1e-7, err_msg=key)
-    for a, b in zip(jax.tree.leaves(params_8), jax.tree.leaves(params_1)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        # Losses must agree to 1e-5. Gradient norms are sums of squares over every parameter, reduced across
+        # shards in a different order, and are checked at 1e-4; the updated parameters below at 1e-5.
+        rtol = 1e-4 if key.endswith("grad_norm") else 1e-5
+        np.testing.assert_allclose(metrics_8[key], metrics_1[key], rtol=rtol, atol=1e-7, err_msg=key)
+    worst = max(
+        float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-12))
+        for a, b in zip(jax.tree.leaves(params_8), jax.tree.leaves(params_1))
+    )
+    assert worst <= 1e-5, f"largest parameter difference relative to the tensor's scale: {worst:.3g}"
 
 
 def _train_command(workdir, num_steps, checkpoint_every):
@@ -119,5 +126,7 @@ def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path):
         _train_command(killed, num_steps, every), cwd=ROOT, env=env, check=True, capture_output=True, text=True
     )
     assert f"resumed from" in resumed.stdout
-    for a, b in zip(jax.tree.leaves(_final_params(killed, num_steps)), jax.tree.leaves(_final_params(straight, num_steps))):
+    resumed_params, straight_params = _final_params(killed, num_steps), _final_params(straight, num_steps)
+    assert jax.tree.structure(resumed_params) == jax.tree.structure(straight_params)
+    for a, b in zip(jax.tree.leaves(resumed_params), jax.tree.leaves(straight_params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

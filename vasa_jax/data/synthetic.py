@@ -19,7 +19,9 @@ Conventions
 * ``tx, ty``: head centre offset in normalised image units (``+ty`` moves the head down).
   ``scale``: multiplies the head size (1 = default VoxCeleb-like framing, the head with hair
   fills ~60% of the image height).
-* Pose vectors (``pose_vector``) are ``[yaw, pitch, roll, tx, ty, log(scale)]`` (float32).
+* Pose vectors (``pose_vector``) are ``[yaw, pitch, roll, tx, ty, log(scale)]`` (float32). The angles are
+  directly the face latent model's: expressed in the warp-grid frame (x right, y down, z away from the viewer),
+  the head rotation is the transpose of ``vasa_jax.ops.rotation_matrix(yaw, pitch, roll)`` (tested).
 * Gaze (degrees, relative to the head): ``gaze_theta > 0`` looks towards head ``+x`` (image right
   for a frontal head), ``gaze_phi > 0`` looks up.
 * ``eye_open`` and ``mouth_open`` in ``[0, 1]``; ``emotion``: 4 weights over

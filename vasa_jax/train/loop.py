@@ -91,10 +91,11 @@ def train(config, workdir: str) -> dict:
                 writer.write_scalars(step, eval_metrics, prefix="eval")
                 if is_chief:
                     print(f"eval step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in eval_metrics.items()), flush=True)
-            if (step % train_cfg.sample_every == 0 or last) and is_chief:
-                grid = task.sample_grid(state)
-                writer.write_image(step, "samples", grid)
-                write_png(os.path.join(workdir, "samples", f"step_{step:07d}.png"), grid)
+            if step % train_cfg.sample_every == 0 or last:
+                grid = task.sample_grid(state)  # a computation over the mesh: every process takes part
+                if is_chief:
+                    writer.write_image(step, "samples", grid)
+                    write_png(os.path.join(workdir, "samples", f"step_{step:07d}.png"), grid)
             if checkpoint_now:
                 checkpointer.save(step, state, iterator)
     finally:

@@ -6,8 +6,8 @@ A task gives the generic loop (`vasa_jax.train.loop`) everything model-specific:
   load_frozen()                      -> frozen pretrained params (VGG19, ArcFace) passed to every step
   train_step(state, batch, frozen)   -> (state, metrics)                   pure; jitted by the loop
   train_iterator(index, count)       -> checkpointable grain iterator of per-process numpy batches
-  evaluate(state, frozen)            -> dict of held-out metrics          (host side)
-  sample_grid(state)                 -> uint8 image for TensorBoard/PNG   (host side)
+  evaluate(state)                    -> dict of held-out metrics          (every process calls it)
+  sample_grid(state)                 -> uint8 image for TensorBoard/PNG   (every process calls it)
 """
 
 import functools
@@ -111,18 +111,14 @@ class Stage1Task:
         b = source.shape[0]
         terms = {}
 
+        poses, dyns, pose_logits = apply(FaceLatentModel.estimate_pose, jnp.concatenate([source, driving, cross]))
+        pose_s, pose_d, pose_c = poses[:b], poses[b : 2 * b], poses[2 * b :]
+        dyn_s, dyn_d, dyn_c = dyns[:b], dyns[b : 2 * b], dyns[2 * b :]
         if cfg.pairwise_transfer > 0:
-            volumes, ids, poses, dyns = apply(FaceLatentModel.encode, jnp.concatenate([source, driving]))
-            vol_s, vol_d = volumes[:b], volumes[b:]
-            id_s, id_d = ids[:b], ids[b:]
-            pose_s, pose_d = poses[:b], poses[b:]
-            dyn_s, dyn_d = dyns[:b], dyns[b:]
-            pose_c, dyn_c = apply(FaceLatentModel.encode_motion, cross)
+            volumes, ids = apply(FaceLatentModel.encode_appearance, jnp.concatenate([source, driving]))
+            vol_s, vol_d, id_s, id_d = volumes[:b], volumes[b:], ids[:b], ids[b:]
         else:
-            vol_s, id_s, pose_s, dyn_s = apply(FaceLatentModel.encode, source)
-            poses, dyns = apply(FaceLatentModel.encode_motion, jnp.concatenate([driving, cross]))
-            pose_d, pose_c = poses[:b], poses[b:]
-            dyn_d, dyn_c = dyns[:b], dyns[b:]
+            vol_s, id_s = apply(FaceLatentModel.encode_appearance, source)
 
         # All renders of the source volume in one decoder call: reconstruction of the driving frame, driving pose
         # with the source's own dynamics (pairwise transfer), and the cross identity's motion (identity loss).
@@ -168,10 +164,11 @@ class Stage1Task:
                 terms["keypoint_prior"] = losses.keypoint_prior_loss(
                     kp_driving, cfg.keypoint_min_distance, cfg.keypoint_mean_depth
                 )
+        pose_labels = jnp.concatenate([batch["source_pose"], batch["driving_pose"]])
         if cfg.head_pose > 0:
-            terms["head_pose"] = losses.head_pose_loss(
-                jnp.concatenate([pose_s, pose_d]), jnp.concatenate([batch["source_pose"], batch["driving_pose"]])
-            )
+            terms["head_pose"] = losses.head_pose_loss(jnp.concatenate([pose_s, pose_d]), pose_labels)
+        if cfg.head_pose_bins > 0:
+            terms["head_pose_bins"] = losses.head_pose_bin_loss(pose_logits[: 2 * b], pose_labels)
         if cfg.deformation_prior > 0:
             terms["deformation_prior"] = losses.deformation_prior_loss(jnp.concatenate([dyn_s, dyn_d]))
         index = 1
@@ -280,22 +277,23 @@ class Stage1Task:
         return {k: np.stack([item[k] for item in items]) for k in items[0]}
 
     # ------------------------------------------------------------------------------------------- evaluation
-    @functools.cached_property
-    def _reconstruct(self):
+    def _reconstruct(self, gen_params, source, driving, cross):
+        """(reconstruction of driving, source re-enacted with cross's motion, predicted driving pose), as numpy.
+        The outputs are replicated so that every process of a multi-host run can read them."""
+        mesh = jax.tree.leaves(gen_params)[0].sharding.mesh
+        return jax.device_get(self._reconstruct_jit(mesh)(gen_params, source, driving, cross))
+
+    @functools.lru_cache(maxsize=2)
+    def _reconstruct_jit(self, mesh):
         def reconstruct(gen_params, source, driving, cross):
-            volume, z_id, pose_s, dyn_s = self.model.apply({"params": gen_params}, source, method=FaceLatentModel.encode)
-            motion = self.model.apply(
-                {"params": gen_params}, jnp.concatenate([driving, cross]), method=FaceLatentModel.encode_motion
-            )
+            apply = lambda method, *args: self.model.apply({"params": gen_params}, *args, method=method)
+            volume, z_id, pose_s, dyn_s = apply(FaceLatentModel.encode, source)
+            pose, dyn = apply(FaceLatentModel.encode_motion, jnp.concatenate([driving, cross]))
             b = source.shape[0]
-            pose = motion[0]
-            dyn = motion[1]
-            render = lambda p, d: self.model.apply(
-                {"params": gen_params}, volume, z_id, pose_s, dyn_s, p, d, method=FaceLatentModel.decode
-            )
+            render = lambda p, d: apply(FaceLatentModel.decode, volume, z_id, pose_s, dyn_s, p, d)
             return render(pose[:b], dyn[:b]), render(pose[b:], dyn[b:]), pose[:b]
 
-        return jax.jit(reconstruct)
+        return jax.jit(reconstruct, out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
     def evaluate(self, state) -> dict:
         """Held-out reconstruction PSNR against the copy-the-source baseline, overall and on large-pose pairs."""
