@@ -12,19 +12,10 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import stage1 as stage1_config
+from test_stage1_model import SMALL as SMALL_MODEL  # the model tests' very small model: fast to compile
 from vasa_jax.train import loop, sharding
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-# A very small model so that compiling a full stage-1 step takes seconds on a CPU.
-SMALL_MODEL = dict(
-    image_size=32, num_keypoints=4, afe_base_channels=8, afe_num_down=1, afe_max_channels=16, volume_depth=4,
-    volume_channels=4, afe_num_res_blocks=1, kp_scale_factor=1.0, kp_base_channels=8, kp_num_down=2,
-    kp_max_channels=16, kp_volume_depth=2, kp_volume_channels=8, kp_num_up=1, hpe_base_channels=8, hpe_num_down=2,
-    hpe_max_channels=16, mfe_compress_channels=2, mfe_base_channels=8, mfe_max_channels=16, mfe_num_levels=1,
-    gen_channels=16, gen_num_res_blocks=1,
-)
-
 
 def small_config():
     config = stage1_config.get_config("tiny")
