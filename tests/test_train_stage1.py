@@ -116,7 +116,7 @@ def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path):
     resumed = subprocess.run(
         _train_command(killed, num_steps, every), cwd=ROOT, env=env, check=True, capture_output=True, text=True
     )
-    assert f"resumed from" in resumed.stdout
+    assert "resumed from" in resumed.stdout
     resumed_params, straight_params = _final_params(killed, num_steps), _final_params(straight, num_steps)
     assert jax.tree.structure(resumed_params) == jax.tree.structure(straight_params)
     for a, b in zip(jax.tree.leaves(resumed_params), jax.tree.leaves(straight_params)):

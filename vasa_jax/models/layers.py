@@ -22,10 +22,6 @@ def bias_init():
     return nn.with_logical_partitioning(nn.initializers.zeros_init(), ("conv_out",))
 
 
-def dense_kernel_init():
-    return nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", "mlp"))
-
-
 def dense_bias_init():
     return nn.with_logical_partitioning(nn.initializers.zeros_init(), ("mlp",))
 
@@ -84,8 +80,15 @@ def Conv(features: int, kernel: int, ndim: int, stride: int = 1, use_bias: bool 
     )
 
 
-def Dense(features: int, name: str | None = None):
-    return nn.Dense(features, kernel_init=dense_kernel_init(), bias_init=dense_bias_init(), name=name)
+def Dense(features: int, name: str | None = None, zero_init: bool = False):
+    """A dense layer with logically partitioned parameters; `zero_init` starts it at exactly zero output."""
+    kernel_init = nn.initializers.zeros_init() if zero_init else nn.initializers.lecun_normal()
+    return nn.Dense(
+        features,
+        kernel_init=nn.with_logical_partitioning(kernel_init, ("embed", "mlp")),
+        bias_init=dense_bias_init(),
+        name=name,
+    )
 
 
 def num_groups(channels: int, max_groups: int = 32) -> int:

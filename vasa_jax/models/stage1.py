@@ -157,12 +157,7 @@ class HeadPoseExpressionEstimator(nn.Module):
         # Zero-initialised heads: the bin logits start uniform (a saturated softmax would stall the pose
         # regression), and translation, scale and deformations start at zero, so an untrained model leaves the
         # canonical keypoints in place.
-        zero_dense = lambda n, name: nn.Dense(
-            n,
-            kernel_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed", "mlp")),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("mlp",)),
-            name=name,
-        )
+        zero_dense = lambda n, name: Dense(n, name=name, zero_init=True)
         bin_logits = jnp.stack(
             [zero_dense(NUM_POSE_BINS, f"{name}_bins")(features) for name in ("yaw", "pitch", "roll")], axis=1
         )  # [B, 3, 66]

@@ -7,7 +7,6 @@ from there.
 """
 
 import os
-import time
 
 import cv2
 import flax.linen as nn

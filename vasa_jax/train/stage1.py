@@ -11,9 +11,7 @@ A task gives the generic loop (`vasa_jax.train.loop`) everything model-specific:
 """
 
 import functools
-from typing import Any
 
-import flax.linen as nn
 import grain
 import jax
 import jax.numpy as jnp
@@ -25,7 +23,7 @@ from vasa_jax.data import synthetic
 from vasa_jax.losses import stage1 as losses
 from vasa_jax.models import arcface, vgg19
 from vasa_jax.models.discriminator import MultiScaleDiscriminator
-from vasa_jax.models.stage1 import FaceLatentModel, Stage1ModelConfig, keypoints_from_latents
+from vasa_jax.models.stage1 import FaceLatentModel, Stage1ModelConfig
 
 
 def make_optimizer(learning_rate: float, end_learning_rate: float, warmup_steps: int, num_steps: int, opt_cfg):
