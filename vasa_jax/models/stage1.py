@@ -90,6 +90,19 @@ class Stage1ModelConfig:
         return cls(**values)
 
 
+def image_to_volume(image, base_channels, num_down, max_channels, depth, channels):
+    """Shared 2D-to-3D encoder of the AFE and the CKD: a 7x7 stem, `num_down` downsampling blocks, a 1x1 conv to
+    depth * channels, and a reshape to a volume [B, depth, h, w, channels]. Called inside a compact module, so
+    its layers belong to (and are named within) that module."""
+    x = Conv(base_channels, 7, 2)(image)
+    x = nn.relu(GroupNorm(base_channels)(x))
+    for level in range(num_down):
+        x = DownBlock(min(max_channels, base_channels * 2 ** (level + 1)), 2)(x)
+    x = Conv(depth * channels, 1, 2)(x)
+    b, h, w, _ = x.shape
+    return x.reshape(b, h, w, depth, channels).transpose(0, 3, 1, 2, 4)
+
+
 class AppearanceFeatureExtractor(nn.Module):
     """Image -> appearance volume V_app [B, D, h, w, C]: 2D stem and downsampling, 1x1 conv to D*C channels,
     reshape to a volume, 3D residual blocks."""
@@ -99,13 +112,10 @@ class AppearanceFeatureExtractor(nn.Module):
     @nn.compact
     def __call__(self, image):
         cfg = self.cfg
-        x = Conv(cfg.afe_base_channels, 7, 2)(image)
-        x = nn.relu(GroupNorm(cfg.afe_base_channels)(x))
-        for level in range(cfg.afe_num_down):
-            x = DownBlock(min(cfg.afe_max_channels, cfg.afe_base_channels * 2 ** (level + 1)), 2)(x)
-        x = Conv(cfg.volume_depth * cfg.volume_channels, 1, 2)(x)
-        b, h, w, _ = x.shape
-        volume = x.reshape(b, h, w, cfg.volume_depth, cfg.volume_channels).transpose(0, 3, 1, 2, 4)
+        volume = image_to_volume(
+            image, cfg.afe_base_channels, cfg.afe_num_down, cfg.afe_max_channels, cfg.volume_depth,
+            cfg.volume_channels,
+        )
         for _ in range(cfg.afe_num_res_blocks):
             volume = ResBlock(3)(volume)
         return volume
@@ -123,13 +133,10 @@ class CanonicalKeypointDetector(nn.Module):
         if cfg.kp_scale_factor != 1.0:
             size = int(round(cfg.image_size * cfg.kp_scale_factor))
             image = jax.image.resize(image, (image.shape[0], size, size, image.shape[-1]), "linear", antialias=True)
-        x = Conv(cfg.kp_base_channels, 7, 2)(image)
-        x = nn.relu(GroupNorm(cfg.kp_base_channels)(x))
-        for level in range(cfg.kp_num_down):
-            x = DownBlock(min(cfg.kp_max_channels, cfg.kp_base_channels * 2 ** (level + 1)), 2)(x)
-        x = Conv(cfg.kp_volume_depth * cfg.kp_volume_channels, 1, 2)(x)
-        b, h, w, _ = x.shape
-        v = x.reshape(b, h, w, cfg.kp_volume_depth, cfg.kp_volume_channels).transpose(0, 3, 1, 2, 4)
+        v = image_to_volume(
+            image, cfg.kp_base_channels, cfg.kp_num_down, cfg.kp_max_channels, cfg.kp_volume_depth,
+            cfg.kp_volume_channels,
+        )
         for level in range(cfg.kp_num_up):
             v = UpBlock(max(8, cfg.kp_volume_channels // 2 ** (level + 1)), 3, (1, 2, 2))(v)
         heatmaps = Conv(cfg.num_keypoints, 3, 3)(v)
