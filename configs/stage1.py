@@ -44,6 +44,7 @@ def base_model():
         mfe_mask_kernel=7,
         gen_channels=512,
         gen_num_res_blocks=6,
+        gen_image_skip=False,
     )
 
 
@@ -58,6 +59,9 @@ def get_config(variant: str = ""):
     # Loss weights (face-vid2vid defaults for the shared terms; 0 switches a term off and skips its computation).
     config.losses = dict(
         reconstruction_l1=0.0,
+        reconstruction_scales=1,  # image pyramid levels of the L1 terms (summed)
+        # L1 on the volume path's own image before it is blended with the warped source (image-skip models only).
+        generated_l1=0.0,
         perceptual=10.0,
         perceptual_scales=4,
         perceptual_layers=dict(relu1_1=0.03125, relu2_1=0.0625, relu3_1=0.125, relu4_1=0.25, relu5_1=1.0),
@@ -90,6 +94,7 @@ def get_config(variant: str = ""):
         warmup_steps=1000,
         b1=0.5,
         b2=0.999,
+        eps=1e-8,
         weight_decay=1e-2,
         grad_clip_norm=1.0,
     )
@@ -171,6 +176,7 @@ def _make_tiny(config):
         mfe_mask_kernel=3,
         gen_channels=64,
         gen_num_res_blocks=2,
+        gen_image_skip=True,
     )
     config.discriminator.channels = (16, 32, 64)
     # Without pretrained weights the VGG19 perceptual and ArcFace identity losses carry no signal and dominate the
@@ -178,11 +184,16 @@ def _make_tiny(config):
     # pairwise transfer terms back on (the identity loss has its own tests).
     config.losses.update(
         reconstruction_l1=10.0,
+        reconstruction_scales=4,
+        generated_l1=10.0,
         perceptual=0.0,
         perceptual_scales=2,
         perceptual_layers=dict(relu1_1=0.25, relu2_1=0.5, relu3_1=1.0),
-        adversarial=0.1,
-        feature_matching=1.0,
+        # The GAN terms sharpen texture only after long training; in the tiny run they degrade the held-out
+        # reconstruction (large-pose gain over copying the source at step 500: +1.4 dB with adversarial 0.1 and
+        # feature matching 1, +2.0 dB without), so the quickstart switches them off (the trainer tests keep them).
+        adversarial=0.0,
+        feature_matching=0.0,
         pairwise_transfer=0.0,  # two extra decoder passes per step: too slow for the CPU quickstart
         identity=0.0,
     )
@@ -197,7 +208,7 @@ def _make_tiny(config):
         clips_per_identity=2,
         frames_per_clip=100,
         eval_identities=8,
-        eval_pairs=256,  # about 30 of them differ in head pose by more than 20 degrees
+        eval_pairs=512,  # about 50 of them differ in head pose by more than 20 degrees
     )
     config.train.update(
         num_steps=1000, log_every=25, eval_every=250, checkpoint_every=250, sample_every=250, keep_checkpoints=2

@@ -137,3 +137,50 @@ def test_depth_split_conv3d_equals_native_conv3d():
         np.testing.assert_allclose(
             np.asarray(split.apply(variables, x)), np.asarray(native.apply(variables, x)), rtol=1e-5, atol=1e-5
         )
+
+
+def test_image_skip_path_reproduces_the_source_when_nothing_moves():
+    """With the image-space skip path, identical source and driving motion makes every image-plane flow, and so
+    the composed sampling grid, the exact identity: the warped source image is the source. A decode without
+    the source image is a clear error."""
+    cfg = Stage1ModelConfig(**{**SMALL, "gen_image_skip": True, "image_motion_num_levels": 2})
+    model = FaceLatentModel(cfg)
+    images = jax.random.uniform(jax.random.key(12), (2, 32, 32, 3))
+    params = nn.unbox(model.init(jax.random.key(13), images, images))
+    volume, z_id, pose, dyn = model.apply(params, images, method=FaceLatentModel.encode)
+    out = model.apply(params, volume, z_id, pose, dyn, pose, dyn, images, method=FaceLatentModel.decode)
+    assert out.shape == (2, 32, 32, 3) and float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    with pytest.raises(ValueError, match="needs source_image"):
+        model.apply(params, volume, z_id, pose, dyn, pose, dyn, method=FaceLatentModel.decode)
+
+    kp = keypoints_from_latents(z_id, pose, dyn)
+    grid = model.apply(params, images, kp, kp, pose, pose, method=lambda m, *a: m.image_motion(*a))
+    warped = ops.grid_sample_2d(images, grid, align_corners=True, padding_mode="border")
+    np.testing.assert_allclose(np.asarray(warped), np.asarray(images), atol=1e-4)
+
+
+def test_image_plane_flows_follow_keypoints_and_rotation():
+    """Keypoint k's flow sends its driving position to its source position; with a pure in-plane rotation
+    (roll) between the frames it rotates the image plane about the keypoint; flow 0 is the identity."""
+    from vasa_jax.models.stage1 import image_plane_flows, upsample_grid
+
+    z_id = jnp.array([[[0.2, -0.1, 0.3], [-0.3, 0.25, -0.2]]])
+    zero = jnp.zeros((1, 2, 3))
+    pose_s = jnp.array([[0.0, 0.0, 0.0, 0.05, 0.0, 0.0, 0.0]])
+    pose_d = jnp.array([[0.0, 0.0, 30.0, -0.05, 0.1, 0.0, 0.0]])
+    kp_s, kp_d = keypoints_from_latents(z_id, pose_s, zero), keypoints_from_latents(z_id, pose_d, zero)
+    size = 65  # odd, so that the grid holds the point 0 exactly
+    flows = np.asarray(image_plane_flows(size, kp_s, kp_d, pose_s, pose_d))
+    identity = np.asarray(ops.make_coordinate_grid_2d(size, size))
+    np.testing.assert_allclose(flows[0, 0], identity, atol=1e-6)
+    for k in range(2):
+        # The flow is affine: evaluate it at the driving keypoint through its linear form.
+        p0, px, py = flows[0, k + 1, 32, 32], flows[0, k + 1, 32, 33], flows[0, k + 1, 33, 32]
+        step = 2.0 / (size - 1)
+        linear = np.stack([(px - p0) / step, (py - p0) / step])  # rows: d/dx, d/dy
+        at_driving = p0 + (np.asarray(kp_d[0, k, :2]) - identity[32, 32]) @ linear
+        np.testing.assert_allclose(at_driving, np.asarray(kp_s[0, k, :2]), atol=1e-5)
+        rotation = np.asarray(ops.rotation_matrix(jnp.zeros(1), jnp.zeros(1), jnp.array([-30.0])))[0, :2, :2]
+        np.testing.assert_allclose(linear, rotation, atol=1e-5)
+    up = upsample_grid(jnp.asarray(identity)[None], 97)
+    np.testing.assert_allclose(np.asarray(up[0]), np.asarray(ops.make_coordinate_grid_2d(97, 97)), atol=1e-6)

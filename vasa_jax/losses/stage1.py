@@ -24,6 +24,12 @@ def image_pyramid(image, num_scales: int):
     return levels
 
 
+def pyramid_l1(prediction, target, num_scales: int):
+    """Sum over `num_scales` pyramid levels of the mean absolute error. The coarse levels give the warp a gradient
+    for displacements of several pixels, where the full-resolution error of a flat region has none."""
+    return sum(l1(p, t) for p, t in zip(image_pyramid(prediction, num_scales), image_pyramid(target, num_scales)))
+
+
 def perceptual_loss(
     features_fn: Callable[[jax.Array], Mapping[str, jax.Array]],
     prediction,

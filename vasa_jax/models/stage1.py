@@ -75,6 +75,15 @@ class Stage1ModelConfig:
     # Generator.
     gen_channels: int = 512
     gen_num_res_blocks: int = 6
+    # Image-space skip path (off in face-vid2vid's design, the 256/512 default): a 2D motion network warps the
+    # source *image* by the keypoints' image-plane motion, and the generator blends that warped image with its
+    # own output through a predicted mask, so unchanged texture need not be re-synthesised from the volume. It
+    # is what lets the tiny CPU model beat copying the source within minutes.
+    gen_image_skip: bool = False
+    image_motion_scale: float = 0.5  # resolution of the 2D motion network relative to the image
+    image_motion_base_channels: int = 16
+    image_motion_max_channels: int = 64
+    image_motion_num_levels: int = 3
 
     @property
     def volume_size(self) -> int:
@@ -183,18 +192,22 @@ def keypoints_from_latents(z_id, z_pose, z_dyn):
     return ops.transform_keypoints(z_id, rotation, z_pose[:, 3:6], z_dyn, z_pose[:, 6])
 
 
-def keypoint_flows(points, kp_source, kp_driving, pose_source, pose_driving):
-    """First-order flows [B, K, *P, 3] of driving-space points [*P, 3] to source space, one per keypoint:
-    z -> x_s,k + (z - x_d,k) J_d^-1 J_s, with J = exp(log_s) R the linear part of the row-vector keypoint
-    transform. A point that moves rigidly with keypoint k (same deformation in both frames) lands exactly on
-    its source position."""
+def driving_to_source_jacobian(pose_source, pose_driving):
+    """J_d^-1 J_s [B, 3, 3], with J = exp(log_s) R the linear part of the row-vector keypoint transform."""
     jac_source = ops.keypoint_jacobian(
         ops.rotation_matrix(pose_source[:, 0], pose_source[:, 1], pose_source[:, 2]), pose_source[:, 6]
     )
     jac_driving = ops.keypoint_jacobian(
         ops.rotation_matrix(pose_driving[:, 0], pose_driving[:, 1], pose_driving[:, 2]), pose_driving[:, 6]
     )
-    driving_to_source = jnp.linalg.solve(jac_driving, jac_source)  # J_d^-1 J_s, [B, 3, 3]
+    return jnp.linalg.solve(jac_driving, jac_source)
+
+
+def keypoint_flows(points, kp_source, kp_driving, pose_source, pose_driving):
+    """First-order flows [B, K, *P, 3] of driving-space points [*P, 3] to source space, one per keypoint:
+    z -> x_s,k + (z - x_d,k) J_d^-1 J_s. A point that moves rigidly with keypoint k (same deformation in both
+    frames) lands exactly on its source position."""
+    driving_to_source = driving_to_source_jacobian(pose_source, pose_driving)
     extra = (None,) * (points.ndim - 1)
     offsets = points[None, None] - kp_driving[(slice(None), slice(None)) + extra]  # [B, K, *P, 3]
     flows = jnp.einsum("bk...i,bij->bk...j", offsets, driving_to_source)
@@ -247,14 +260,75 @@ class MotionFieldEstimator(nn.Module):
         return flow, occlusion, mask
 
 
-class Generator(nn.Module):
-    """Warps V_app by the dense flow, projects 3D -> 2D (depth folded into channels + conv), applies the occlusion
-    mask, residual blocks and upsampling back to the image resolution."""
+def image_plane_flows(size, kp_source, kp_driving, pose_source, pose_driving):
+    """2D flows [B, K+1, size, size, 2] (align_corners=True grids) from driving-image to source-image positions:
+    the identity (background) and, per keypoint, the first-order flow taken at the keypoint's own depth,
+    p -> x_s,k + (p - x_d,k) A, with (x, y) parts only and A the top-left 2x2 block of J_d^-1 J_s (the
+    projection of the 3D flow for the surface the keypoint sits on)."""
+    b = kp_source.shape[0]
+    points = ops.make_coordinate_grid_2d(size, size, jnp.float32)  # [S, S, 2]
+    linear = driving_to_source_jacobian(pose_source, pose_driving)[:, :2, :2]
+    offsets = points[None, None] - kp_driving[:, :, None, None, :2]  # [B, K, S, S, 2]
+    flows = jnp.einsum("bkxyi,bij->bkxyj", offsets, linear) + kp_source[:, :, None, None, :2]
+    identity = jnp.broadcast_to(points[None, None], (b, 1, size, size, 2))
+    return jnp.concatenate([identity, flows], axis=1)
+
+
+def upsample_grid(grid, size):
+    """A sampling grid [B, s, s, 2] (align_corners=True) brought to [B, size, size, 2]: its displacement from the
+    identity is resized bilinearly, so an identity grid stays exactly the identity."""
+    b, s = grid.shape[0], grid.shape[1]
+    displacement = grid - ops.make_coordinate_grid_2d(s, s, grid.dtype)
+    displacement = jax.image.resize(displacement, (b, size, size, 2), "linear")
+    return displacement + ops.make_coordinate_grid_2d(size, size, grid.dtype)
+
+
+class ImageMotionEstimator(nn.Module):
+    """The 2D motion network of the image-space skip path (first-order-motion-model style): the downscaled source
+    image warped by each image-plane keypoint flow, with 2D Gaussian heatmap differences, goes through a 2D
+    hourglass that predicts softmax masks composing the flows. Returns the source image's sampling grid
+    [B, S, S, 2] at the full image resolution."""
 
     cfg: Stage1ModelConfig
 
     @nn.compact
-    def __call__(self, volume, flow, occlusion):
+    def __call__(self, source_image, kp_source, kp_driving, pose_source, pose_driving):
+        cfg = self.cfg
+        b, k = kp_source.shape[:2]
+        size = max(4, int(round(cfg.image_size * cfg.image_motion_scale)))
+        small = jax.image.resize(source_image, (b, size, size, 3), "linear")
+        flows = image_plane_flows(size, kp_source, kp_driving, pose_source, pose_driving)  # [B, K+1, s, s, 2]
+        tiled = jnp.repeat(small[:, None], k + 1, axis=1).reshape(b * (k + 1), size, size, 3)
+        warped = ops.grid_sample_2d(tiled, flows.reshape(b * (k + 1), size, size, 2), align_corners=True)
+        warped = warped.reshape(b, k + 1, size, size, 3).transpose(0, 2, 3, 1, 4).reshape(b, size, size, -1)
+
+        points = ops.make_coordinate_grid_2d(size, size, jnp.float32)
+        gaussian = lambda kp: jnp.exp(
+            -0.5 * jnp.sum((points[None, :, :, None] - kp[:, None, None, :, :2]) ** 2, -1) / cfg.mfe_keypoint_variance
+        )
+        heat = gaussian(kp_driving) - gaussian(kp_source)  # [B, s, s, K]
+        heat = jnp.concatenate([jnp.zeros((b, size, size, 1)), heat], axis=-1)
+
+        features = Hourglass(
+            ndim=2,
+            base_channels=cfg.image_motion_base_channels,
+            max_channels=cfg.image_motion_max_channels,
+            num_levels=cfg.image_motion_num_levels,
+        )(jnp.concatenate([warped, heat], axis=-1))
+        mask = jax.nn.softmax(Conv(k + 1, 7, 2, name="mask")(features).astype(jnp.float32), axis=-1)
+        grid = jnp.einsum("bxyk,bkxyi->bxyi", mask, flows)
+        return upsample_grid(grid, cfg.image_size)
+
+
+class Generator(nn.Module):
+    """Warps V_app by the dense flow, projects 3D -> 2D (depth folded into channels + conv), applies the occlusion
+    mask, residual blocks and upsampling back to the image resolution. With `gen_image_skip` the source image,
+    warped by `image_grid`, joins the last features and is blended into the output by a predicted mask."""
+
+    cfg: Stage1ModelConfig
+
+    @nn.compact
+    def __call__(self, volume, flow, occlusion, image_grid=None, source_image=None):
         cfg = self.cfg
         warped = ops.grid_sample_3d(volume, flow.astype(volume.dtype), align_corners=True)
         b, d, h, w, c = warped.shape
@@ -267,8 +341,18 @@ class Generator(nn.Module):
             x = ResBlock(2)(x)
         for level in range(cfg.afe_num_down):
             x = UpBlock(max(16, cfg.gen_channels // 2 ** (level + 1)), 2)(x)
-        x = Conv(3, 7, 2, name="to_rgb")(x)
-        return jax.nn.sigmoid(x.astype(jnp.float32))
+        if not cfg.gen_image_skip:
+            return jax.nn.sigmoid(Conv(3, 7, 2, name="to_rgb")(x).astype(jnp.float32))
+        warped_source = ops.grid_sample_2d(
+            source_image.astype(jnp.float32), image_grid, align_corners=True, padding_mode="border"
+        )
+        x = jnp.concatenate([x, warped_source.astype(x.dtype)], axis=-1)
+        generated = jax.nn.sigmoid(Conv(3, 7, 2, name="to_rgb")(x).astype(jnp.float32))
+        # Training reads the volume path's own image (losses.generated_l1) so that the 3D motion keeps learning
+        # where the blend already prefers the warped source.
+        self.sow("intermediates", "generated", generated)
+        blend = jax.nn.sigmoid(Conv(1, 7, 2, name="blend")(x).astype(jnp.float32))
+        return blend * warped_source + (1.0 - blend) * generated
 
 
 class FaceLatentModel(nn.Module):
@@ -283,6 +367,7 @@ class FaceLatentModel(nn.Module):
         self.keypoints = CanonicalKeypointDetector(self.cfg)
         self.pose_expression = HeadPoseExpressionEstimator(self.cfg)
         self.motion = MotionFieldEstimator(self.cfg)
+        self.image_motion = ImageMotionEstimator(self.cfg) if self.cfg.gen_image_skip else None
         self.generator = Generator(self.cfg)
 
     def encode(self, image):
@@ -312,17 +397,25 @@ class FaceLatentModel(nn.Module):
         z_pose, z_dyn, _ = self.pose_expression(image)
         return keypoints_from_latents(self.keypoints(image), z_pose, z_dyn)
 
-    def decode(self, volume, z_id, pose_source, dyn_source, pose_driving, dyn_driving):
-        """Render the source (V_app, z_id, posed by pose_source/dyn_source) with the driving pose and dynamics."""
+    def decode(self, volume, z_id, pose_source, dyn_source, pose_driving, dyn_driving, source_image=None):
+        """Render the source (V_app, z_id, posed by pose_source/dyn_source) with the driving pose and dynamics.
+        `source_image` (the image V_app was encoded from) is required when the config's `gen_image_skip` is on
+        and ignored otherwise."""
         kp_source = keypoints_from_latents(z_id, pose_source, dyn_source)
         kp_driving = keypoints_from_latents(z_id, pose_driving, dyn_driving)
         flow, occlusion, _ = self.motion(volume, kp_source, kp_driving, pose_source, pose_driving)
-        return self.generator(volume, flow, occlusion)
+        if not self.cfg.gen_image_skip:
+            return self.generator(volume, flow, occlusion)
+        if source_image is None:
+            raise ValueError("this model has the image-space skip path (gen_image_skip): decode needs source_image")
+        self._check_image(source_image)
+        image_grid = self.image_motion(source_image, kp_source, kp_driving, pose_source, pose_driving)
+        return self.generator(volume, flow, occlusion, image_grid, source_image)
 
     def __call__(self, source, driving):
         volume, z_id, pose_s, dyn_s = self.encode(source)
         pose_d, dyn_d = self.encode_motion(driving)
-        return self.decode(volume, z_id, pose_s, dyn_s, pose_d, dyn_d)
+        return self.decode(volume, z_id, pose_s, dyn_s, pose_d, dyn_d, source)
 
     def _check_image(self, image):
         expected = (self.cfg.image_size, self.cfg.image_size, 3)

@@ -33,7 +33,9 @@ def main(argv):
     except (NonFiniteLossError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
-    print(f"done; outputs in {os.path.abspath(_WORKDIR.value)} (samples/, tensorboard/, checkpoints/)")
+    workdir = os.path.abspath(_WORKDIR.value)
+    parts = [name + "/" for name in ("samples", "tensorboard", "checkpoints") if os.path.isdir(os.path.join(workdir, name))]
+    print(f"done; outputs in {workdir} ({', '.join(parts)})")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ def make_optimizer(learning_rate: float, end_learning_rate: float, warmup_steps:
     )
     return optax.chain(
         optax.clip_by_global_norm(opt_cfg.grad_clip_norm),
-        optax.adamw(schedule, b1=opt_cfg.b1, b2=opt_cfg.b2, weight_decay=opt_cfg.weight_decay),
+        optax.adamw(schedule, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps, weight_decay=opt_cfg.weight_decay),
     )
 
 
@@ -52,6 +52,8 @@ class Stage1Task:
             raise ValueError(
                 f"data.resolution ({config.data.resolution}) must equal model.image_size ({self.model_cfg.image_size})"
             )
+        if config.losses.generated_l1 > 0 and not self.model_cfg.gen_image_skip:
+            raise ValueError("losses.generated_l1 needs a model with the image-space skip path (model.gen_image_skip)")
         self.model = FaceLatentModel(self.model_cfg)
         self.discriminator = MultiScaleDiscriminator(
             scales=tuple(config.discriminator.scales), channels=tuple(config.discriminator.channels)
@@ -127,15 +129,20 @@ class Stage1Task:
             targets.append((pose_c, dyn_c))
         n = len(targets)
         tile = lambda x: jnp.concatenate([x] * n)
-        renders = apply(
-            FaceLatentModel.decode,
+        renders, intermediates = model.apply(
+            {"params": gen_params},
             tile(vol_s), tile(id_s), tile(pose_s), tile(dyn_s),
-            jnp.concatenate([t[0] for t in targets]), jnp.concatenate([t[1] for t in targets]),
+            jnp.concatenate([t[0] for t in targets]), jnp.concatenate([t[1] for t in targets]), tile(source),
+            method=FaceLatentModel.decode,
+            mutable=["intermediates"],
         )
         reconstruction = renders[:b]
 
         if cfg.reconstruction_l1 > 0:
-            terms["reconstruction_l1"] = losses.l1(reconstruction, driving)
+            terms["reconstruction_l1"] = losses.pyramid_l1(reconstruction, driving, cfg.reconstruction_scales)
+        if cfg.generated_l1 > 0:
+            generated = intermediates["intermediates"]["generator"]["generated"][0][:b]
+            terms["generated_l1"] = losses.pyramid_l1(generated, driving, cfg.reconstruction_scales)
         if cfg.perceptual > 0:
             vgg = lambda x: self.perceptual_net.apply(frozen["vgg19"], x)
             terms["perceptual"] = losses.perceptual_loss(
@@ -173,7 +180,7 @@ class Stage1Task:
         if cfg.pairwise_transfer > 0:
             pose_transferred = renders[index * b : (index + 1) * b]
             index += 1
-            dynamics_transferred = apply(FaceLatentModel.decode, vol_d, id_d, pose_d, dyn_d, pose_d, dyn_s)
+            dynamics_transferred = apply(FaceLatentModel.decode, vol_d, id_d, pose_d, dyn_d, pose_d, dyn_s, driving)
             terms["pairwise_transfer"] = losses.pairwise_transfer_loss(pose_transferred, dynamics_transferred)
         if cfg.identity > 0:
             reenacted = renders[index * b : (index + 1) * b]
@@ -288,7 +295,7 @@ class Stage1Task:
             volume, z_id, pose_s, dyn_s = apply(FaceLatentModel.encode, source)
             pose, dyn = apply(FaceLatentModel.encode_motion, jnp.concatenate([driving, cross]))
             b = source.shape[0]
-            render = lambda p, d: apply(FaceLatentModel.decode, volume, z_id, pose_s, dyn_s, p, d)
+            render = lambda p, d: apply(FaceLatentModel.decode, volume, z_id, pose_s, dyn_s, p, d, source)
             return render(pose[:b], dyn[:b]), render(pose[b:], dyn[b:]), pose[:b]
 
         return jax.jit(reconstruct, out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
