@@ -21,7 +21,11 @@ def make_task(config):
         from vasa_jax.train.stage1 import Stage1Task
 
         return Stage1Task(config)
-    raise ValueError(f"unknown task {config.task!r}; available: 'stage1'")
+    if config.task == "stage2":
+        from vasa_jax.train.stage2 import Stage2Task
+
+        return Stage2Task(config)
+    raise ValueError(f"unknown task {config.task!r}; available: 'stage1', 'stage2'")
 
 
 def create_sharded_state(task, config, mesh):
@@ -92,7 +96,7 @@ def train(config, workdir: str) -> dict:
                     print(f"eval step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in eval_metrics.items()), flush=True)
             if step % train_cfg.sample_every == 0 or last:
                 grid = task.sample_grid(state)  # a computation over the mesh: every process takes part
-                if is_chief:
+                if is_chief and grid is not None:
                     writer.write_image(step, "samples", grid)
                     write_png(os.path.join(workdir, "samples", f"step_{step:07d}.png"), grid)
             if checkpoint_now:

@@ -1,0 +1,165 @@
+"""The stage-2 training task: the motion diffusion transformer on a motion dataset (`vasa_jax.data.motion`).
+
+Same interface as the stage-1 task (see `vasa_jax.train.stage1`), so the generic loop shards, checkpoints and
+resumes it the same way. One step: draw t ~ U{0..T-1} and Gaussian noise, noise the clean window, drop the
+conditions at random (each with its probability; the previous-window context with 0.5, and always where the
+window has no full context), cut a random audio tail, predict x0 and take the L2 loss (VASA eq. 1).
+"""
+
+import functools
+import os
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from vasa_jax.data import motion as motion_data
+from vasa_jax.models import diffusion
+from vasa_jax.models.stage2 import CONDITIONS, MotionDiT, Stage2ModelConfig
+from vasa_jax.train.stage1 import make_optimizer
+
+CONDITION_KEYS = ("audio", "audio_valid", "previous_motion", "previous_audio", "gaze", "distance", "emotion")
+
+
+def model_config(config) -> Stage2ModelConfig:
+    """The network's sizes: the config's `model` section plus the dimensions recorded in the dataset manifest."""
+    manifest = motion_data.read_json(os.path.join(config.data.root, motion_data.MANIFEST))
+    dims = {k: manifest[k] for k in ("motion_dim", "audio_dim", "emotion_dim")}
+    return Stage2ModelConfig.from_config({**dict(config.model), **dims})
+
+
+def drop_conditions(rng, batch, cfg_drop, window: int):
+    """`keep` masks for one training batch, and the audio validity with a random tail cut off."""
+    b = batch["motion"].shape[0]
+    keys = jax.random.split(rng, len(CONDITIONS) + 2)
+    keep = {
+        name: jax.random.uniform(key, (b,)) >= getattr(cfg_drop, name) for name, key in zip(CONDITIONS, keys)
+    }
+    keep["previous"] = jnp.logical_and(keep["previous"], batch["previous_valid"])
+    cut = jax.random.uniform(keys[-2], (b,)) < cfg_drop.audio_tail
+    tail = jax.random.randint(keys[-1], (b,), 1, max(2, int(window * cfg_drop.audio_tail_max_fraction) + 1))
+    valid_frames = jnp.where(cut, window - tail, window)
+    audio_valid = jnp.logical_and(batch["audio_valid"], jnp.arange(window)[None] < valid_frames[:, None])
+    return keep, audio_valid
+
+
+class Stage2Task:
+    def __init__(self, config):
+        self.config = config
+        self.model_cfg = model_config(config)
+        self.model = MotionDiT(self.model_cfg)
+        diff = config.diffusion
+        self.abar = diffusion.alphas_cumprod(diff.num_train_steps, diff.schedule)
+        opt = config.optimizer
+        self.tx = make_optimizer(opt.learning_rate, opt.end_learning_rate, opt.warmup_steps, config.train.num_steps, opt)
+
+    # ------------------------------------------------------------------------------------------------ state
+    def _dummy_inputs(self, batch: int = 1):
+        c = self.model_cfg
+        w, k = c.window, c.context
+        conditions = {
+            "audio": jnp.zeros((batch, w, c.audio_dim)),
+            "audio_valid": jnp.ones((batch, w), bool),
+            "previous_motion": jnp.zeros((batch, k, c.motion_dim)),
+            "previous_audio": jnp.zeros((batch, k, c.audio_dim)),
+            "gaze": jnp.zeros((batch, 2)),
+            "distance": jnp.zeros((batch, 1)),
+            "emotion": jnp.zeros((batch, c.emotion_dim)),
+        }
+        x = jnp.zeros((batch, w, c.motion_dim))
+        return x, jnp.zeros((batch,), jnp.int32), conditions, diffusion.all_kept(batch, CONDITIONS)
+
+    def init_boxed(self, rng):
+        params = self.model.init(rng, *self._dummy_inputs())["params"]
+        return {"step": jnp.zeros((), jnp.int32), "params": {"dit": params}, "opt_state": {"dit": self.tx.init(params)}}
+
+    def load_frozen(self):
+        return {}
+
+    # ------------------------------------------------------------------------------------------------- step
+    def loss(self, params, batch, rng):
+        """(L2 x0 loss, predicted x0) for one batch."""
+        x0 = batch["motion"]
+        b = x0.shape[0]
+        t_rng, noise_rng, drop_rng = jax.random.split(rng, 3)
+        t = jax.random.randint(t_rng, (b,), 0, len(self.abar))
+        x_t = diffusion.add_noise(x0, jax.random.normal(noise_rng, x0.shape), t, self.abar)
+        keep, audio_valid = drop_conditions(drop_rng, batch, self.config.condition_dropout, self.model_cfg.window)
+        conditions = {k: batch[k] for k in CONDITION_KEYS}
+        conditions["audio_valid"] = audio_valid
+        prediction = self.model.apply({"params": params}, x_t, t, conditions, keep)
+        return jnp.mean((prediction - x0) ** 2), prediction
+
+    def train_step(self, state, batch, frozen):
+        del frozen
+        rng = jax.random.fold_in(jax.random.key(self.config.seed), state["step"])
+        params = state["params"]["dit"]
+        (loss, _), grads = jax.value_and_grad(self.loss, has_aux=True)(params, batch, rng)
+        updates, opt_state = self.tx.update(grads, state["opt_state"]["dit"], params)
+        new_state = {
+            "step": state["step"] + 1,
+            "params": {"dit": optax.apply_updates(params, updates)},
+            "opt_state": {"dit": opt_state},
+        }
+        return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+
+    # ------------------------------------------------------------------------------------------------- data
+    def source(self, split: str):
+        c = self.model_cfg
+        return motion_data.MotionWindowSource(self.config.data.root, split, c.window, c.context, self.config.data.stride)
+
+    def train_iterator(self, process_index: int, process_count: int):
+        data = self.config.data
+        if data.batch_size % process_count:
+            raise ValueError(f"data.batch_size {data.batch_size} is not divisible by {process_count} processes")
+        dataset = grain.MapDataset.source(self.source("train")).shuffle(seed=data.seed).repeat()
+        dataset = dataset[process_index::process_count].map(_training_fields)
+        dataset = dataset.batch(data.batch_size // process_count, drop_remainder=True)
+        return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=data.num_threads, prefetch_buffer_size=2)))
+
+    @functools.cached_property
+    def eval_batch(self):
+        """Held-out windows (test identities), as one numpy batch."""
+        source = self.source("test")
+        rng = np.random.default_rng(self.config.data.seed)
+        indices = rng.choice(len(source), size=min(self.config.data.eval_windows, len(source)), replace=False)
+        items = [source[int(i)] for i in indices]
+        return {k: np.stack([item[k] for item in items]) for k in items[0]}
+
+    # ------------------------------------------------------------------------------------------- evaluation
+    @functools.cached_property
+    def _eval_loss_jit(self):
+        def eval_loss(params, batch, t):
+            x0 = batch["motion"]
+            noise = jax.random.normal(jax.random.key(0), x0.shape)
+            x_t = diffusion.add_noise(x0, noise, t, self.abar)
+            conditions = {k: batch[k] for k in CONDITION_KEYS}
+            keep = diffusion.all_kept(x0.shape[0], CONDITIONS)
+            keep["previous"] = batch["previous_valid"]
+            prediction = self.model.apply({"params": params}, x_t, t, conditions, keep)
+            return jnp.mean((prediction - x0) ** 2)
+
+        return jax.jit(eval_loss)
+
+    def evaluate(self, state) -> dict:
+        """Held-out x0 error at fixed noise levels (a quarter, half and three quarters of the schedule)."""
+        batch = {k: v for k, v in _training_fields(self.eval_batch).items()}
+        params = state["params"]["dit"]
+        n = len(batch["motion"])
+        result = {}
+        for fraction in (0.25, 0.5, 0.75):
+            step = int(fraction * (len(self.abar) - 1))
+            t = jnp.full((n,), step, jnp.int32)
+            result[f"x0_mse_t{int(fraction * 100)}"] = float(self._eval_loss_jit(params, batch, t))
+        return result
+
+    def sample_grid(self, state):
+        """Stage 2 has no image samples; generation (vasa_jax.generate) renders motion through stage 1."""
+        return None
+
+
+def _training_fields(item):
+    """Drop the per-frame labels that only evaluation probes use."""
+    return {k: v for k, v in item.items() if k != "mouth_open"}
