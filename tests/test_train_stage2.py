@@ -10,13 +10,13 @@ import time
 import flax.linen as nn
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from configs import stage2 as stage2_config
 from vasa_jax.audio import LogMelEncoder
 from vasa_jax.data import motion, synthetic
 from vasa_jax.data.encode_motion import build
+from test_train_stage1 import _final_params  # noqa: E402  (restores a step's parameters)
 from vasa_jax.train import loop, sharding
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -88,13 +88,6 @@ def _train_command(root, workdir, num_steps, checkpoint_every):
     }
     return [sys.executable, "-m", "vasa_jax.train", "--config=configs/stage2.py:tiny", f"--workdir={workdir}",
             *[f"--config.{k}={v}" for k, v in overrides.items()]]
-
-
-def _final_params(workdir, step):
-    manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), item_names=("state", "data", "config"))
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    manager.close()
-    return restored["state"]["params"]
 
 
 @pytest.mark.slow

@@ -84,17 +84,9 @@ def build(output, motion_fn, audio_encoder, synthetic_config, manifest, log=prin
 
 
 def synthetic_config_from(stage1_config):
-    from vasa_jax.data import synthetic
+    from vasa_jax.train.stage1 import synthetic_config
 
-    data = stage1_config.data
-    return synthetic.SyntheticConfig(
-        num_identities=data.num_identities,
-        num_test_identities=data.eval_identities,
-        clips_per_identity=data.clips_per_identity,
-        frames_per_clip=data.frames_per_clip,
-        resolution=data.resolution,
-        seed=data.seed,
-    )
+    return synthetic_config(stage1_config)
 
 
 def main(argv):

@@ -10,10 +10,29 @@ import os
 
 import cv2
 import flax.linen as nn
+import grain
 import jax
 import numpy as np
 
 from vasa_jax.train import checkpointing, metrics as metrics_lib, sharding
+
+
+def training_iterator(source, data, process_index: int, process_count: int, transform=None):
+    """Shuffled, repeated, per-process-sharded grain batches of this process's share of `data.batch_size`."""
+    if data.batch_size % process_count:
+        raise ValueError(f"data.batch_size {data.batch_size} is not divisible by {process_count} processes")
+    dataset = grain.MapDataset.source(source).shuffle(seed=data.seed).repeat()[process_index::process_count]
+    if transform is not None:
+        dataset = dataset.map(transform)
+    dataset = dataset.batch(data.batch_size // process_count, drop_remainder=True)
+    return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=data.num_threads, prefetch_buffer_size=2)))
+
+
+def fixed_batch(source, count: int, seed: int):
+    """`count` items of `source` drawn once with `seed` (without replacement), stacked into one numpy batch."""
+    indices = np.random.default_rng(seed).choice(len(source), size=min(count, len(source)), replace=False)
+    items = [source[int(i)] for i in indices]
+    return {k: np.stack([item[k] for item in items]) for k in items[0]}
 
 
 def make_task(config):

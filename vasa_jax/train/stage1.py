@@ -12,7 +12,6 @@ A task gives the generic loop (`vasa_jax.train.loop`) everything model-specific:
 
 import functools
 
-import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,6 +23,7 @@ from vasa_jax.losses import stage1 as losses
 from vasa_jax.models import arcface, vgg19
 from vasa_jax.models.discriminator import MultiScaleDiscriminator
 from vasa_jax.models.stage1 import FaceLatentModel, Stage1ModelConfig
+from vasa_jax.train.loop import fixed_batch, training_iterator
 
 
 def make_optimizer(learning_rate: float, end_learning_rate: float, warmup_steps: int, num_steps: int, opt_cfg):
@@ -244,42 +244,18 @@ class Stage1Task:
 
     # ------------------------------------------------------------------------------------------------ data
     def _source(self, split: str):
-        data = self.config.data
-        if data.source != "synthetic":
-            raise ValueError(f"unknown data.source {data.source!r} for stage 1; available: 'synthetic'")
-        cfg = synthetic.SyntheticConfig(
-            num_identities=data.num_identities,
-            num_test_identities=data.eval_identities,
-            clips_per_identity=data.clips_per_identity,
-            frames_per_clip=data.frames_per_clip,
-            resolution=data.resolution,
-            seed=data.seed,
-            pairs_per_clip=data.pairs_per_clip,
-        )
-        return synthetic.SyntheticStage1Source(cfg, split)
+        if self.config.data.source != "synthetic":
+            raise ValueError(f"unknown data.source {self.config.data.source!r} for stage 1; available: 'synthetic'")
+        return synthetic.SyntheticStage1Source(synthetic_config(self.config), split)
 
     def train_iterator(self, process_index: int, process_count: int):
         """Shuffled, repeated, per-process-sharded batches of this process's share of the global batch."""
-        data = self.config.data
-        if data.batch_size % process_count:
-            raise ValueError(f"data.batch_size {data.batch_size} is not divisible by {process_count} processes")
-        dataset = (
-            grain.MapDataset.source(self._source("train"))
-            .shuffle(seed=data.seed)
-            .repeat()
-        )
-        dataset = dataset[process_index::process_count]
-        dataset = dataset.batch(data.batch_size // process_count, drop_remainder=True)
-        return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=data.num_threads, prefetch_buffer_size=2)))
+        return training_iterator(self._source("train"), self.config.data, process_index, process_count)
 
     @functools.cached_property
     def eval_batch(self):
         """A fixed set of held-out pairs (test identities), as one numpy batch."""
-        source = self._source("test")
-        rng = np.random.default_rng(self.config.data.seed)
-        indices = rng.choice(len(source), size=min(self.config.data.eval_pairs, len(source)), replace=False)
-        items = [source[int(i)] for i in indices]
-        return {k: np.stack([item[k] for item in items]) for k in items[0]}
+        return fixed_batch(self._source("test"), self.config.data.eval_pairs, self.config.data.seed)
 
     # ------------------------------------------------------------------------------------------- evaluation
     def _reconstruct(self, gen_params, source, driving, cross):
@@ -339,6 +315,20 @@ class Stage1Task:
         columns = [images["source"], images["driving"], np.asarray(recon), images["cross"], np.asarray(reenacted)]
         rows = [np.concatenate([c[i] for c in columns], axis=1) for i in range(len(images["source"]))]
         return (np.clip(np.concatenate(rows, axis=0), 0, 1) * 255).round().astype(np.uint8)
+
+
+def synthetic_config(config) -> synthetic.SyntheticConfig:
+    """The synthetic dataset a stage-1 config's data section describes (also what encode_motion encodes)."""
+    data = config.data
+    return synthetic.SyntheticConfig(
+        num_identities=data.num_identities,
+        num_test_identities=data.eval_identities,
+        clips_per_identity=data.clips_per_identity,
+        frames_per_clip=data.frames_per_clip,
+        resolution=data.resolution,
+        seed=data.seed,
+        pairs_per_clip=data.pairs_per_clip,
+    )
 
 
 def _load_or_init(path, key, allow_random, load, init):

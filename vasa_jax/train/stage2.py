@@ -9,15 +9,14 @@ window has no full context), cut a random audio tail, predict x0 and take the L2
 import functools
 import os
 
-import grain
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from vasa_jax.data import motion as motion_data
 from vasa_jax.models import diffusion
 from vasa_jax.models.stage2 import CONDITIONS, MotionDiT, Stage2ModelConfig
+from vasa_jax.train.loop import fixed_batch, training_iterator
 from vasa_jax.train.stage1 import make_optimizer
 
 CONDITION_KEYS = ("audio", "audio_valid", "previous_motion", "previous_audio", "gaze", "distance", "emotion")
@@ -111,22 +110,12 @@ class Stage2Task:
         return motion_data.MotionWindowSource(self.config.data.root, split, c.window, c.context, self.config.data.stride)
 
     def train_iterator(self, process_index: int, process_count: int):
-        data = self.config.data
-        if data.batch_size % process_count:
-            raise ValueError(f"data.batch_size {data.batch_size} is not divisible by {process_count} processes")
-        dataset = grain.MapDataset.source(self.source("train")).shuffle(seed=data.seed).repeat()
-        dataset = dataset[process_index::process_count].map(_training_fields)
-        dataset = dataset.batch(data.batch_size // process_count, drop_remainder=True)
-        return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=data.num_threads, prefetch_buffer_size=2)))
+        return training_iterator(self.source("train"), self.config.data, process_index, process_count, _training_fields)
 
     @functools.cached_property
     def eval_batch(self):
         """Held-out windows (test identities), as one numpy batch."""
-        source = self.source("test")
-        rng = np.random.default_rng(self.config.data.seed)
-        indices = rng.choice(len(source), size=min(self.config.data.eval_windows, len(source)), replace=False)
-        items = [source[int(i)] for i in indices]
-        return {k: np.stack([item[k] for item in items]) for k in items[0]}
+        return fixed_batch(self.source("test"), self.config.data.eval_windows, self.config.data.seed)
 
     # ------------------------------------------------------------------------------------------- evaluation
     @functools.cached_property
@@ -145,7 +134,7 @@ class Stage2Task:
 
     def evaluate(self, state) -> dict:
         """Held-out x0 error at fixed noise levels (a quarter, half and three quarters of the schedule)."""
-        batch = {k: v for k, v in _training_fields(self.eval_batch).items()}
+        batch = _training_fields(self.eval_batch)
         params = state["params"]["dit"]
         n = len(batch["motion"])
         result = {}
