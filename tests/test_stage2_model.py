@@ -9,7 +9,8 @@ import pytest
 from vasa_jax.models import diffusion
 from vasa_jax.models.stage2 import CONDITIONS, MotionDiT, Stage2ModelConfig
 
-TINY = dict(motion_dim=6, audio_dim=5, emotion_dim=3, window=8, context=3, width=32, num_layers=2, num_heads=4)
+TINY = dict(motion_dim=6, audio_dim=5, emotion_dim=3, window=8, context=3, width=32, num_layers=2, num_heads=4,
+            num_train_steps=100)
 
 
 def _inputs(cfg, batch, seed=0):
@@ -41,15 +42,21 @@ def dit():
     return cfg, model, params
 
 
-def test_output_shape_and_zero_initialised_head():
+def test_initial_prediction_is_the_preconditioning_skip_term():
+    """The head F starts at zero, so the initial x0 is the skip term alone: with context, the anchor b (half the
+    last context frame: the gate starts at sigmoid(0)) plus sqrt(abar_t) (x_t - sqrt(abar_t) b); without,
+    sqrt(abar_t) x_t."""
     cfg = Stage2ModelConfig(**TINY)
     model = MotionDiT(cfg)
     x_t, t, conditions = _inputs(cfg, 2)
-    keep = diffusion.all_kept(2, CONDITIONS)
+    keep = {**diffusion.all_kept(2, CONDITIONS), "previous": jnp.array([True, False])}
     params = nn.unbox(model.init(jax.random.key(1), x_t, t, conditions, keep))
-    out = model.apply(params, x_t, t, conditions, keep)
+    out = np.asarray(model.apply(params, x_t, t, conditions, keep))
     assert out.shape == (2, cfg.window, cfg.motion_dim)
-    np.testing.assert_array_equal(np.asarray(out), 0.0)
+    root_abar = np.sqrt(diffusion.alphas_cumprod(cfg.num_train_steps, cfg.schedule)[np.asarray(t)])[:, None, None]
+    anchor = 0.5 * np.asarray(conditions["previous_motion"])[:, -1:] * np.array([1.0, 0.0])[:, None, None]
+    expected = anchor + root_abar * (np.asarray(x_t) - root_abar * anchor)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="expected noisy motion"):
         model.apply(params, x_t[:, :-1], t, conditions, keep)
 

@@ -45,9 +45,12 @@ def test_training_lowers_the_loss(dataset, tmp_path):
     before = task.evaluate({"params": {"dit": jax.device_get(loop.create_sharded_state(
         task, config, sharding.make_mesh((1, 1), ("data", "fsdp"), devices=jax.devices()[:1]))[0]["params"]["dit"])}})
     after = loop.train(config, str(tmp_path / "run"))
-    # The zero-initialised head predicts x0 = 0, i.e. the mean motion: an x0 error of about 1 (unit variance).
-    assert before["x0_mse_t50"] > 0.7
-    assert after["x0_mse_t50"] < 0.6 * before["x0_mse_t50"], (before, after)
+    # The zero-initialised head leaves only the preconditioning's skip term, sqrt(abar) x_t (plus the anchor):
+    # at half the schedule (abar about 1/2) an x0 error of about 1/2 on unit-variance motion.
+    # Learning beats that most where the noise hides the most (measured: t50 0.36 -> 0.27, t75 0.47 -> 0.29).
+    assert 0.25 < before["x0_mse_t50"] < 0.75
+    assert after["x0_mse_t50"] < 0.85 * before["x0_mse_t50"], (before, after)
+    assert after["x0_mse_t75"] < 0.75 * before["x0_mse_t75"], (before, after)
 
 
 def test_sharded_step_equals_single_device_step(dataset):

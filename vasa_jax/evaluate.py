@@ -7,6 +7,8 @@ the gaze out of a motion vector (whatever the motion latents are: stage-1 latent
             opening of the held-out audio; with the audio condition nulled it should vanish.
   gaze:     mean angular error between a requested main gaze and the probe's gaze on the generated motion
             (the per-clip median), against the same with the gaze condition nulled.
+  seams:    the generated motion's frame-to-frame change across window boundaries against inside windows
+            (`window_seams`); no seam means a ratio of at most 1.
 
   python -m vasa_jax.evaluate --stage2 STAGE2_WORKDIR [--num_steps 50] [--max_clips 16]
 """
@@ -52,6 +54,25 @@ def angular_error_degrees(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.rad2deg(np.arccos(cos))
 
 
+def window_seams(motions, window: int) -> Dict[str, float]:
+    """Seams of motion generated window by window: the mean frame-to-frame change across window boundaries
+    (frame W-1 -> W, 2W-1 -> 2W, ...) and inside windows, pooled over clips (a list of [T, M] arrays, each
+    generated from its frame 0). A change is the mean absolute difference of consecutive frames with every
+    channel in units of its std over the clip."""
+    boundary, within = [], []
+    for motion in motions:
+        motion = np.asarray(motion, np.float64)
+        steps = np.abs(np.diff(motion / (motion.std(0) + 1e-6), axis=0)).mean(1)  # steps[i]: frame i -> i + 1
+        at_boundary = np.arange(len(steps)) % window == window - 1
+        boundary.append(steps[at_boundary])
+        within.append(steps[~at_boundary])
+    boundary, within = np.concatenate(boundary), np.concatenate(within)
+    if not len(boundary) or not len(within):
+        raise ValueError(f"the motion holds no window boundary of a {window}-frame window, or nothing else")
+    return {"seam_boundary_change": float(boundary.mean()), "seam_within_change": float(within.mean()),
+            "seam_ratio": float(boundary.mean() / within.mean())}
+
+
 def train_probes(root: str) -> Dict[str, tuple]:
     """Probes motion -> mouth opening and motion -> per-frame gaze, fitted on the train clips of a synthetic
     motion dataset (which keeps the ground truth)."""
@@ -76,7 +97,7 @@ def known_answer(sampler, root: str, num_steps: int = 50, max_clips: int = 16, s
     if not names:
         raise ValueError(f"{root} has no test clips")
     true_mouth, with_audio, without_audio, fit_mouth = [], [], [], []
-    gaze_on, gaze_off = [], []
+    gaze_on, gaze_off, generated_motions = [], [], []
     from vasa_jax.sampling import Controls
 
     for i, name in enumerate(names):
@@ -88,6 +109,7 @@ def known_answer(sampler, root: str, num_steps: int = 50, max_clips: int = 16, s
         with_audio.append(apply_probe(probes["mouth"], generated))
         without_audio.append(apply_probe(probes["mouth"], nulled))
         fit_mouth.append(apply_probe(probes["mouth"], clip["motion"]))
+        generated_motions.append(generated)
         steered = sampler.sample(audio, controls=Controls(gaze=np.asarray(requested_gaze)), num_steps=num_steps,
                                  seed=seed + i)
         gaze_on.append(np.median(apply_probe(probes["gaze"], steered), axis=0))
@@ -100,6 +122,7 @@ def known_answer(sampler, root: str, num_steps: int = 50, max_clips: int = 16, s
         "mouth_probe_correlation_on_true_motion": pearson(np.concatenate(fit_mouth), true_mouth),
         "gaze_error_degrees": float(angular_error_degrees(np.stack(gaze_on), target).mean()),
         "gaze_error_degrees_gaze_nulled": float(angular_error_degrees(np.stack(gaze_off), target).mean()),
+        **window_seams(generated_motions, sampler.cfg.window),
         "num_clips": len(names),
         "num_frames": int(len(true_mouth)),
     }

@@ -31,18 +31,18 @@ class Controls:
 class MotionSampler:
     """Generates motion [T, M] (in the dataset's units) from audio features [T, A] (in the encoder's units)."""
 
-    def __init__(self, model_cfg: Stage2ModelConfig, params, stats: Mapping[str, np.ndarray], abar: np.ndarray):
+    def __init__(self, model_cfg: Stage2ModelConfig, params, stats: Mapping[str, np.ndarray]):
         self.cfg = model_cfg
         self.params = params
         self.stats = {k: np.asarray(v, np.float32) for k, v in stats.items()}
-        self.abar = np.asarray(abar)
+        self.abar = diffusion.alphas_cumprod(model_cfg.num_train_steps, model_cfg.schedule)
         self.model = MotionDiT(model_cfg)
         self._window_fns = {}
 
     @classmethod
     def from_task(cls, task, params) -> "MotionSampler":
         stats = motion_data.read_json(os.path.join(task.config.data.root, motion_data.STATS))
-        return cls(task.model_cfg, params, stats, task.abar)
+        return cls(task.model_cfg, params, stats)
 
     def _window_fn(self, num_steps: int, guidance: tuple):
         key = (num_steps, guidance)

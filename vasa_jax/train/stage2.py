@@ -23,10 +23,11 @@ CONDITION_KEYS = ("audio", "audio_valid", "previous_motion", "previous_audio", "
 
 
 def model_config(config) -> Stage2ModelConfig:
-    """The network's sizes: the config's `model` section plus the dimensions recorded in the dataset manifest."""
+    """The network's sizes: the config's `model` section plus the dimensions recorded in the dataset manifest
+    and the noise schedule (the network's output is preconditioned by it)."""
     manifest = motion_data.read_json(os.path.join(config.data.root, motion_data.MANIFEST))
     dims = {k: manifest[k] for k in ("motion_dim", "audio_dim", "emotion_dim")}
-    return Stage2ModelConfig.from_config({**dict(config.model), **dims})
+    return Stage2ModelConfig.from_config({**dict(config.model), **dims, **dict(config.diffusion)})
 
 
 def drop_conditions(rng, batch, cfg_drop, window: int):
@@ -49,8 +50,7 @@ class Stage2Task:
         self.config = config
         self.model_cfg = model_config(config)
         self.model = MotionDiT(self.model_cfg)
-        diff = config.diffusion
-        self.abar = diffusion.alphas_cumprod(diff.num_train_steps, diff.schedule)
+        self.abar = diffusion.alphas_cumprod(self.model_cfg.num_train_steps, self.model_cfg.schedule)
         opt = config.optimizer
         self.tx = make_optimizer(opt.learning_rate, opt.end_learning_rate, opt.warmup_steps, config.train.num_steps, opt)
 

@@ -1,0 +1,38 @@
+"""The known-answer measures of vasa_jax.evaluate on signals whose answer is known by construction."""
+
+import numpy as np
+import pytest
+
+from vasa_jax import evaluate
+
+
+def test_window_seams_finds_the_jumps_at_window_boundaries():
+    window, frames = 10, 95
+    smooth = np.sin(np.linspace(0.0, 6.0, frames))[:, None] * np.array([[1.0, -2.0]])
+    assert evaluate.window_seams([smooth], window)["seam_ratio"] == pytest.approx(1.0, abs=0.05)
+    jumps = np.zeros((frames, 2))
+    for start in range(window, frames, window):
+        jumps[start:] += 0.5  # every window starts half a unit above where the previous one ended
+    seams = evaluate.window_seams([smooth, smooth + jumps], window)
+    assert seams["seam_ratio"] > 3.0
+    # The same jumps one frame off the boundaries are inside windows: they raise the within-window change.
+    shifted = evaluate.window_seams([smooth + np.roll(jumps, 1, axis=0)], window)
+    assert shifted["seam_ratio"] < 0.5
+    with pytest.raises(ValueError, match="no window boundary"):
+        evaluate.window_seams([smooth[:window]], window)
+
+
+def test_linear_probe_recovers_a_linear_map():
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(500, 6))
+    targets = features @ rng.normal(size=(6, 2)) + np.array([1.0, -3.0])
+    probe = evaluate.fit_linear_probe(features, targets, ridge=0.0)
+    np.testing.assert_allclose(evaluate.apply_probe(probe, features), targets, atol=1e-8)
+    assert evaluate.pearson(targets[:, 0], 2 * targets[:, 0] + 1) == pytest.approx(1.0)
+    assert evaluate.pearson(np.ones(5), np.arange(5)) == 0.0
+
+
+def test_angular_error_of_gaze_directions():
+    np.testing.assert_allclose(evaluate.angular_error_degrees([[0.0, 0.0], [30.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]),
+                               [0.0, 30.0], atol=1e-6)
+    np.testing.assert_allclose(evaluate.angular_error_degrees([[0.0, 20.0]], [[0.0, -20.0]]), [40.0], atol=1e-6)
