@@ -9,7 +9,7 @@ never triggers a recompile.
 
 import dataclasses
 import os
-from typing import Iterator, Mapping, Optional
+from typing import Iterable, Iterator, Mapping, Optional
 
 import jax
 import numpy as np
@@ -57,27 +57,32 @@ class MotionSampler:
             )
         return self._window_fns[key]
 
-    def windows(
+    def windows(self, audio: np.ndarray, **kwargs) -> Iterator[np.ndarray]:
+        """Yield the motion of each window [<= W, M] for audio features [T, A], one window at a time."""
+        audio = np.asarray(audio, np.float32)
+        if audio.ndim != 2 or audio.shape[1] != self.cfg.audio_dim:
+            raise ValueError(f"expected audio features [T, {self.cfg.audio_dim}], got {audio.shape}")
+        w = self.cfg.window
+        return self.windows_from_chunks((audio[s : s + w] for s in range(0, len(audio), w)), **kwargs)
+
+    def windows_from_chunks(
         self,
-        audio: np.ndarray,
+        audio_chunks: Iterable[np.ndarray],
         controls: Controls = Controls(),
         num_steps: int = 50,
         guidance: Mapping[str, float] = (("audio", 0.5), ("gaze", 1.0)),
         seed: int = 0,
         null_audio: bool = False,
     ) -> Iterator[np.ndarray]:
-        """Yield the motion of each window [<= W, M] as soon as it is generated (the streaming path)."""
+        """The streaming path: audio features arrive window by window (chunks of W frames [W, A], the last one
+        possibly shorter) and the motion of each window [<= W, M] is yielded as soon as it is generated."""
         cfg, s = self.cfg, self.stats
-        audio = np.asarray(audio, np.float32)
-        if audio.ndim != 2 or audio.shape[1] != cfg.audio_dim:
-            raise ValueError(f"expected audio features [T, {cfg.audio_dim}], got {audio.shape}")
         guidance = tuple(sorted(dict(guidance).items()))
         unknown = sorted(set(dict(guidance)) - set(CONDITIONS))
         if unknown:
             raise ValueError(f"guidance for unknown conditions {unknown}; conditions: {list(CONDITIONS)}")
         window_fn = self._window_fn(int(num_steps), guidance)
         w, k = cfg.window, cfg.context
-        audio_n = (audio - s["audio_mean"]) / s["audio_std"]
         keep = {name: np.ones((1,), bool) for name in CONDITIONS}
         keep["audio"][:] = not null_audio
         globals_ = {}
@@ -94,11 +99,13 @@ class MotionSampler:
         previous_audio = np.zeros((1, k, cfg.audio_dim), np.float32)
         keep["previous"][:] = False
         rng = jax.random.key(seed)
-        for index, start in enumerate(range(0, len(audio), w)):
-            chunk = audio_n[start : start + w]
+        for index, chunk in enumerate(audio_chunks):
+            chunk = np.asarray(chunk, np.float32)
+            if chunk.ndim != 2 or chunk.shape[1] != cfg.audio_dim or not 0 < len(chunk) <= w:
+                raise ValueError(f"expected an audio feature chunk [1..{w}, {cfg.audio_dim}], got {chunk.shape}")
             n = len(chunk)
             padded = np.zeros((1, w, cfg.audio_dim), np.float32)
-            padded[0, :n] = chunk
+            padded[0, :n] = (chunk - s["audio_mean"]) / s["audio_std"]
             conditions = {
                 "audio": padded,
                 "audio_valid": (np.arange(w) < n)[None],

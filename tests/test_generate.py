@@ -1,0 +1,159 @@
+"""Generation end to end with tiny checkpoints: the mp4, streaming against offline, and bad input."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile
+
+from test_train_stage1 import ROOT, _train_command
+from vasa_jax import video
+from vasa_jax.audio import SAMPLE_RATE, num_video_frames
+from vasa_jax.generate import GenerationError, TalkingHeadPipeline, load_image
+
+ONE_DEVICE = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+
+
+def _run(*args, check=True):
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=ONE_DEVICE, check=check,
+                          capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """A barely trained 32x32 stage 1, its motion dataset, and a barely trained tiny stage 2 on it."""
+    root = tmp_path_factory.mktemp("generate")
+    stage1, motion, stage2 = str(root / "stage1"), str(root / "motion"), str(root / "stage2")
+    subprocess.run(_train_command(stage1, 1, 1), cwd=ROOT, env=ONE_DEVICE, check=True, capture_output=True)
+    _run("vasa_jax.data.encode_motion", f"--output={motion}", f"--stage1={stage1}", "--batch_size=50")
+    _run("vasa_jax.train", "--config=configs/stage2.py:tiny", f"--workdir={stage2}", f"--config.data.root={motion}",
+         "--config.train.num_steps=2", "--config.train.checkpoint_every=2", "--config.train.eval_every=2",
+         "--config.data.eval_windows=8")
+    return root, stage1, stage2
+
+
+@pytest.fixture(scope="module")
+def portrait(checkpoints):
+    """A synthetic head photo, saved as a JPEG."""
+    from vasa_jax.data import synthetic
+
+    root = checkpoints[0]
+    identity = synthetic.get_identity(synthetic.TEST_ID_OFFSET, 0)
+    frame = synthetic.render_clip(synthetic.make_clip(1, identity, 1), 96)[0]
+    path = str(root / "face.jpg")
+    from PIL import Image
+
+    Image.fromarray(frame).save(path, quality=95)
+    return path
+
+
+def _speech(seconds, rate=SAMPLE_RATE, seed=0):
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.3 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t)) / 2
+            + 0.01 * rng.normal(size=t.shape)).astype(np.float32)
+
+
+def test_command_line_writes_a_decodable_mp4_with_the_speech(checkpoints, portrait, tmp_path):
+    _, stage1, stage2 = checkpoints
+    seconds = 2.3
+    audio_path = str(tmp_path / "speech.wav")
+    soundfile.write(audio_path, _speech(seconds), SAMPLE_RATE)
+    out = str(tmp_path / "out.mp4")
+    result = _run("vasa_jax.generate", f"--image={portrait}", f"--audio={audio_path}", f"--out={out}",
+                  f"--stage1={stage1}", f"--stage2={stage2}", "--num_steps=10", "--gaze=10,-5", "--emotion=0.5,0,0,0")
+    assert os.path.isfile(out), result.stderr
+    decoded = video.read_mp4(out)
+    assert decoded["frames"].shape == (num_video_frames(int(seconds * SAMPLE_RATE)), 32, 32, 3)
+    assert decoded["fps"] == 25.0 and decoded["sample_rate"] == SAMPLE_RATE
+    assert decoded["audio_duration"] == pytest.approx(seconds, abs=1e-3)
+    assert decoded["frames"].std() > 1.0  # a picture, not a blank
+
+
+def test_streaming_gives_the_offline_frames_and_compiles_once(checkpoints, portrait):
+    _, stage1, stage2 = checkpoints
+    pipeline = TalkingHeadPipeline.from_workdirs(stage1, stage2)
+    speech = _speech(3.1, seed=1)
+    offline = pipeline.generate(portrait, speech, num_steps=10, seed=5)
+    assert offline.frames.shape[0] == num_video_frames(len(speech))
+    compiled = (pipeline._decode._cache_size(), pipeline._encode._cache_size())
+    chunks = [speech[i : i + 4000] for i in range(0, len(speech), 4000)]  # 0.25 s pieces
+    streamed = list(pipeline.stream(portrait, iter(chunks), num_steps=10, seed=5))
+    assert len(streamed) > 1 and pipeline.last_stream_latency is not None and pipeline.last_stream_latency > 0
+    np.testing.assert_array_equal(np.concatenate(streamed), offline.frames)
+    assert (pipeline._decode._cache_size(), pipeline._encode._cache_size()) == compiled
+    other_seed = pipeline.generate(portrait, speech, num_steps=10, seed=6).frames
+    assert np.abs(other_seed.astype(int) - offline.frames).max() > 0
+    silent = pipeline.generate(portrait, np.zeros(SAMPLE_RATE, np.float32), num_steps=10)
+    assert silent.frames.shape[0] == 25
+
+
+def test_grayscale_and_transparent_photos_load_as_rgb(tmp_path):
+    from PIL import Image
+
+    gray = tmp_path / "gray.png"
+    Image.fromarray(np.full((40, 30), 128, np.uint8)).save(gray)
+    assert load_image(str(gray)).shape == (40, 30, 3)
+    rgba = np.zeros((20, 20, 4), np.uint8)
+    rgba[..., 0] = 255
+    rgba[:10, :, 3] = 255  # top half opaque red, bottom half transparent
+    path = tmp_path / "rgba.png"
+    Image.fromarray(rgba).save(path)
+    image = load_image(str(path))
+    np.testing.assert_allclose(image[0, 0], [1.0, 0.0, 0.0])
+    np.testing.assert_allclose(image[-1, 0], [1.0, 1.0, 1.0])  # composited over white
+
+
+@pytest.mark.parametrize("case", ["truncated_jpeg", "text_as_image", "empty_audio", "missing_checkpoint",
+                                  "stage2_as_stage1", "ground_truth_stage2"])
+def test_bad_input_is_a_one_line_error_and_leaves_no_file(checkpoints, portrait, tmp_path, case):
+    root, stage1, stage2 = checkpoints
+    image, audio_path = portrait, str(tmp_path / "speech.wav")
+    soundfile.write(audio_path, _speech(1.0), SAMPLE_RATE)
+    if case == "truncated_jpeg":
+        data = open(portrait, "rb").read()
+        image = str(tmp_path / "cut.jpg")
+        open(image, "wb").write(data[: len(data) // 2])
+    elif case == "text_as_image":
+        image = str(tmp_path / "notes.jpg")
+        open(image, "w").write("not a picture\n")
+    elif case == "empty_audio":
+        audio_path = str(tmp_path / "empty.wav")
+        open(audio_path, "wb").close()
+    elif case == "missing_checkpoint":
+        stage1 = str(tmp_path / "nowhere")
+    elif case == "stage2_as_stage1":
+        stage1 = stage2
+    elif case == "ground_truth_stage2":
+        motion, stage2 = str(tmp_path / "gt_motion"), str(tmp_path / "gt_stage2")
+        _run("vasa_jax.data.encode_motion", f"--output={motion}", "--motion=ground_truth")
+        _run("vasa_jax.train", "--config=configs/stage2.py:tiny", f"--workdir={stage2}",
+             f"--config.data.root={motion}", "--config.train.num_steps=1", "--config.train.checkpoint_every=1",
+             "--config.train.eval_every=1", "--config.data.eval_windows=8")
+    out = str(tmp_path / "out.mp4")
+    result = _run("vasa_jax.generate", f"--image={image}", f"--audio={audio_path}", f"--out={out}",
+                  f"--stage1={stage1}", f"--stage2={stage2}", "--num_steps=2", check=False)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert not os.path.exists(out) and not [p for p in os.listdir(tmp_path) if p.endswith(".partial.mp4")]
+    print(case, errors[0])
+
+
+def test_pipeline_rejects_a_ground_truth_motion_model_in_python(checkpoints, tmp_path):
+    with pytest.raises(GenerationError, match="not a directory"):
+        TalkingHeadPipeline.from_workdirs(str(tmp_path / "missing"), checkpoints[2])
+
+
+def test_write_mp4_is_atomic(tmp_path):
+    out = tmp_path / "clip.mp4"
+    frames = [np.zeros((16, 16, 3), np.uint8), np.zeros((8, 8, 3), np.uint8)]
+    with pytest.raises(ValueError, match="the first was 16x16"):
+        video.write_mp4(out, iter(frames))
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(ValueError, match="even frame sizes"):
+        video.write_mp4(out, np.zeros((2, 15, 16, 3), np.uint8))
+    assert os.listdir(tmp_path) == []

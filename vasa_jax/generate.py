@@ -1,0 +1,340 @@
+"""Portrait + speech -> talking-head video (VASA-1 section 3.3): encode the face once with stage 1, generate the
+motion window by window with stage 2, render every frame with stage 1's decoder, write an mp4 with the speech.
+
+  python -m vasa_jax.generate --image FACE.jpg --audio SPEECH.wav --out OUT.mp4 --stage1 DIR --stage2 DIR
+      [--gaze THETA,PHI] [--distance D] [--emotion NAME|v1,v2,...] [--audio_guidance 0.5] [--gaze_guidance 1.0]
+      [--num_steps 50] [--seed 0]
+
+Python:
+  pipeline = TalkingHeadPipeline.from_workdirs(stage1_dir, stage2_dir)
+  video = pipeline.generate("face.jpg", "speech.wav")             # frames uint8 [T, H, W, 3] + 16 kHz audio
+  for frames in pipeline.stream("face.jpg", audio_chunks): ...     # frames as soon as each window is ready
+
+Input photos are centre-cropped to a square and resized to the stage-1 resolution. Face detection and alignment
+(the data preparation's MediaPipe crop) are not wired in yet: give a portrait framed like the training data.
+"""
+
+import dataclasses
+import os
+import sys
+import time
+import warnings
+from typing import Iterable, Iterator, Mapping, Optional
+
+import numpy as np
+
+from vasa_jax.audio import SAMPLE_RATE, VIDEO_FPS, load_audio, make_audio_encoder
+from vasa_jax.sampling import Controls, MotionSampler
+
+POSE_DIM = 7  # z_pose: yaw, pitch, roll, translation (3), scale; the rest of a motion vector is z_dyn [K, 3]
+# Emotion presets: one-hot directions of the 8-way emotion vector used by the data (HSEmotion's class order).
+EMOTIONS = ("anger", "contempt", "disgust", "fear", "happiness", "neutral", "sadness", "surprise")
+
+
+class GenerationError(ValueError):
+    """Bad input to generation: an unreadable image, mismatched checkpoints, bad controls."""
+
+
+@dataclasses.dataclass
+class GeneratedVideo:
+    frames: np.ndarray  # uint8 [T, H, W, 3]
+    audio: np.ndarray  # float32 [N] mono at sample_rate
+    sample_rate: int = SAMPLE_RATE
+    fps: float = VIDEO_FPS
+
+
+def load_image(image) -> np.ndarray:
+    """A photo (path, PIL image or array) as float32 RGB [H, W, 3] in [0, 1]. Grayscale is replicated to RGB;
+    transparency is composited over white. Truncated or non-image files raise GenerationError."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(image, np.ndarray):
+        array = image
+        if array.dtype == np.uint8:
+            array = array.astype(np.float32) / 255.0
+        array = np.asarray(array, np.float32)
+        if array.ndim == 2:
+            array = array[..., None]
+        if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+            raise GenerationError(f"an image array must be [H, W], [H, W, 1], [H, W, 3] or [H, W, 4], got {array.shape}")
+        if array.shape[2] == 4:
+            array = array[..., :3] * array[..., 3:] + (1.0 - array[..., 3:])
+        return np.ascontiguousarray(np.broadcast_to(array, array.shape[:2] + (3,)))
+    try:
+        picture = image if isinstance(image, Image.Image) else Image.open(os.fspath(image))
+        picture.load()  # decodes now: a truncated file fails here, not later
+    except FileNotFoundError:
+        raise GenerationError(f"{image}: no such image file") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise GenerationError(f"{image}: not a readable image ({err})") from None
+    if picture.mode in ("RGBA", "LA", "PA") or (picture.mode == "P" and "transparency" in picture.info):
+        picture = picture.convert("RGBA")
+        white = Image.new("RGBA", picture.size, (255, 255, 255, 255))
+        picture = Image.alpha_composite(white, picture)
+    return np.asarray(picture.convert("RGB"), np.float32) / 255.0
+
+
+def portrait_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """The centred square of an RGB image resized to size x size (area filter when shrinking)."""
+    import cv2
+
+    h, w = image.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    square = image[top : top + side, left : left + side]
+    interpolation = cv2.INTER_AREA if side > size else cv2.INTER_CUBIC
+    return np.clip(cv2.resize(square, (size, size), interpolation=interpolation), 0.0, 1.0).astype(np.float32)
+
+
+def emotion_vector(emotion, dim: int) -> Optional[np.ndarray]:
+    """None, a preset name (EMOTIONS) or a vector of `dim` numbers -> the emotion condition."""
+    if emotion is None:
+        return None
+    if isinstance(emotion, str):
+        name = emotion.strip().lower()
+        if name in EMOTIONS:
+            if dim != len(EMOTIONS):
+                raise GenerationError(f"emotion presets need an {len(EMOTIONS)}-d emotion condition; this model has {dim}")
+            return np.eye(len(EMOTIONS), dtype=np.float32)[EMOTIONS.index(name)]
+        try:
+            emotion = [float(v) for v in name.split(",")]
+        except ValueError:
+            raise GenerationError(f"emotion {emotion!r}: expected one of {EMOTIONS} or {dim} comma-separated numbers") from None
+    vector = np.asarray(emotion, np.float32).reshape(-1)
+    if vector.shape != (dim,):
+        raise GenerationError(f"the emotion vector needs {dim} values, got {vector.size}")
+    return vector
+
+
+class TalkingHeadPipeline:
+    """Stage 1 (face encoder and renderer) + stage 2 (motion sampler) + the audio encoder stage 2 was trained with.
+
+    Every network call has one fixed shape per pipeline (frames are rendered in batches of `render_batch`,
+    motion in windows of W), so a second `generate` compiles nothing."""
+
+    def __init__(self, stage1_task, stage1_params, sampler: MotionSampler, audio_encoder, render_batch: int = 8):
+        import jax
+
+        from vasa_jax.models.stage1 import FaceLatentModel
+
+        self.stage1_cfg = stage1_task.model_cfg
+        self.resolution = int(self.stage1_cfg.image_size)
+        self.sampler = sampler
+        self.audio_encoder = audio_encoder
+        self.render_batch = int(render_batch)
+        num_kp = self.stage1_cfg.num_keypoints
+        if sampler.cfg.motion_dim != POSE_DIM + 3 * num_kp:
+            raise GenerationError(
+                f"mismatched checkpoints: stage 2 generates {sampler.cfg.motion_dim}-d motion, the stage-1 model "
+                f"renders {POSE_DIM} + 3 x {num_kp} = {POSE_DIM + 3 * num_kp}")
+        if sampler.cfg.audio_dim != audio_encoder.feature_dim:
+            raise GenerationError(f"mismatched audio encoder: stage 2 expects {sampler.cfg.audio_dim}-d features, "
+                                  f"{audio_encoder!r} gives {audio_encoder.feature_dim}")
+        model = stage1_task.model
+        self._encode = jax.jit(lambda x: model.apply({"params": stage1_params}, x, method=FaceLatentModel.encode))
+
+        def decode(source, pose, dyn):
+            b = pose.shape[0]
+            tile = lambda x: jax.numpy.broadcast_to(x, (b,) + x.shape[1:])
+            image = model.apply(
+                {"params": stage1_params}, tile(source["volume"]), tile(source["z_id"]), tile(source["pose"]),
+                tile(source["dyn"]), pose, dyn, tile(source["image"]), method=FaceLatentModel.decode)
+            return jax.numpy.round(jax.numpy.clip(image, 0.0, 1.0) * 255.0).astype(jax.numpy.uint8)
+
+        self._decode = jax.jit(decode)
+        self.last_stream_latency: Optional[float] = None
+
+    @classmethod
+    def from_workdirs(cls, stage1_dir: str, stage2_dir: str, audio_encoder=None, **kwargs) -> "TalkingHeadPipeline":
+        """From the latest checkpoints of a stage-1 and a stage-2 training workdir. The audio encoder is rebuilt
+        from the stage-2 dataset's manifest for log-mel; pass `audio_encoder` for Wav2Vec2 datasets."""
+        from vasa_jax.data import motion as motion_data
+        from vasa_jax.sampling import params_from_workdir
+        from vasa_jax.train import checkpointing
+        from vasa_jax.train.stage1 import Stage1Task
+
+        for name, directory in (("stage1", stage1_dir), ("stage2", stage2_dir)):
+            if not directory or not os.path.isdir(directory):
+                raise GenerationError(f"--{name} {directory!r} is not a directory")
+        try:
+            stage1_config = checkpointing.read_config(stage1_dir)
+            stage2_config = checkpointing.read_config(stage2_dir)
+        except FileNotFoundError as err:
+            raise GenerationError(str(err)) from None
+        if stage1_config.get("task", "stage1") != "stage1":
+            raise GenerationError(f"{stage1_dir} is a {stage1_config.task} workdir, not a stage-1 one")
+        if stage2_config.get("task") != "stage2":
+            raise GenerationError(f"{stage2_dir} is a {stage2_config.get('task', 'stage1')} workdir, not a stage-2 one")
+        manifest_path = os.path.join(stage2_config.data.root, motion_data.MANIFEST)
+        if not os.path.isfile(manifest_path):
+            raise GenerationError(f"{manifest_path} (the stage-2 motion dataset's manifest, for its normalisation "
+                                  "statistics and audio encoder) is missing")
+        manifest = motion_data.read_json(manifest_path)
+        if manifest.get("motion_source") != "stage1":
+            raise GenerationError(f"mismatched checkpoints: {stage2_dir} was trained on "
+                                  f"{manifest.get('motion_source')!r} motion, not on stage-1 latents")
+        trained_with = manifest.get("stage1_workdir")
+        if trained_with and os.path.realpath(trained_with) != os.path.realpath(stage1_dir):
+            warnings.warn(f"stage 2 was trained on latents of {trained_with}, not of {stage1_dir}")
+        if audio_encoder is None:
+            if not str(manifest.get("audio_encoder", "")).startswith("LogMelEncoder"):
+                raise GenerationError(f"stage 2 was trained on {manifest.get('audio_encoder')} features: pass that "
+                                      "audio encoder (make_audio_encoder('wav2vec2', checkpoint_dir=...))")
+            audio_encoder = make_audio_encoder("log_mel")
+        stage1_task = Stage1Task(stage1_config)
+        stage1_params = checkpointing.restore_state(stage1_dir, stage1_task)["params"]["generator"]
+        stage2_task, dit_params = params_from_workdir(stage2_dir)
+        sampler = MotionSampler.from_task(stage2_task, dit_params)
+        return cls(stage1_task, stage1_params, sampler, audio_encoder, **kwargs)
+
+    # ------------------------------------------------------------------------------------------------ pieces
+    def encode_source(self, image) -> dict:
+        """The portrait's latents (computed once per video)."""
+        source_image = portrait_crop(load_image(image), self.resolution)[None]
+        volume, z_id, pose, dyn = self._encode(source_image)
+        return {"volume": volume, "z_id": z_id, "pose": pose, "dyn": dyn, "image": source_image}
+
+    def render(self, source: Mapping, motion: np.ndarray) -> np.ndarray:
+        """Frames uint8 [T, H, W, 3] for motion [T, 7 + 3K] (stage-1 units)."""
+        motion = np.asarray(motion, np.float32)
+        frames = []
+        for start in range(0, len(motion), self.render_batch):
+            chunk = motion[start : start + self.render_batch]
+            n = len(chunk)
+            if n < self.render_batch:  # one compiled shape
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.render_batch - n, axis=0)])
+            pose, dyn = chunk[:, :POSE_DIM], chunk[:, POSE_DIM:].reshape(len(chunk), -1, 3)
+            frames.append(np.asarray(self._decode(source, pose, dyn))[:n])
+        if not frames:
+            return np.zeros((0, self.resolution, self.resolution, 3), np.uint8)
+        return np.concatenate(frames)
+
+    def _controls(self, gaze, distance, emotion) -> Controls:
+        return Controls(gaze=None if gaze is None else np.asarray(gaze, np.float32).reshape(2),
+                        distance=distance, emotion=emotion_vector(emotion, self.sampler.cfg.emotion_dim))
+
+    # ------------------------------------------------------------------------------------------------ public
+    def generate(self, image, audio, *, gaze=None, distance=None, emotion=None, num_steps: int = 50,
+                 guidance: Mapping[str, float] = (("audio", 0.5), ("gaze", 1.0)), seed: int = 0) -> GeneratedVideo:
+        """The whole video for a photo and speech (a path or a 16 kHz mono waveform)."""
+        waveform = load_audio(audio) if not isinstance(audio, np.ndarray) else np.asarray(audio, np.float32)
+        frames = list(self._frames(image, [waveform], self._controls(gaze, distance, emotion), num_steps,
+                                   guidance, seed))
+        frames = np.concatenate(frames) if frames else np.zeros((0, self.resolution, self.resolution, 3), np.uint8)
+        return GeneratedVideo(frames=frames, audio=waveform)
+
+    def stream(self, image, audio_chunks: Iterable[np.ndarray], *, gaze=None, distance=None, emotion=None,
+               num_steps: int = 50, guidance: Mapping[str, float] = (("audio", 0.5), ("gaze", 1.0)),
+               seed: int = 0) -> Iterator[np.ndarray]:
+        """Yield rendered frames [n, H, W, 3] window by window while 16 kHz mono audio chunks arrive. The same
+        seed gives the same frames as `generate`. `last_stream_latency` holds the seconds from the first audio
+        chunk to the first frames."""
+        yield from self._frames(image, audio_chunks, self._controls(gaze, distance, emotion), num_steps,
+                                guidance, seed)
+
+    def _frames(self, image, audio_chunks, controls, num_steps, guidance, seed) -> Iterator[np.ndarray]:
+        source = self.encode_source(image)
+        self.last_stream_latency = None
+        started = None
+
+        def timed_chunks():
+            nonlocal started
+            for chunk in audio_chunks:
+                if started is None:
+                    started = time.perf_counter()
+                yield np.asarray(chunk, np.float32).reshape(-1)
+
+        features = _stream_features(timed_chunks(), self.audio_encoder, self.sampler.cfg.window)
+        for motion in self.sampler.windows_from_chunks(features, controls=controls, num_steps=num_steps,
+                                                       guidance=guidance, seed=seed):
+            frames = self.render(source, motion)
+            if self.last_stream_latency is None and started is not None:
+                self.last_stream_latency = time.perf_counter() - started
+            yield frames
+
+
+def _stream_features(waveform_chunks: Iterable[np.ndarray], encoder, window: int) -> Iterator[np.ndarray]:
+    """Audio features [W, A] per window (the last may be shorter) as soon as the audio for them is final.
+
+    Each window's rows are computed from the audio around it, one second either side: log-mel rows depend only on
+    audio within half an analysis window, so the rows equal those of the whole clip however the audio was chunked.
+    Only the audio still needed is kept, so memory stays bounded for long streams."""
+    from vasa_jax.audio import num_video_frames
+
+    margin = SAMPLE_RATE  # one second of audio either side of the rows being computed
+    samples_per_frame = SAMPLE_RATE // VIDEO_FPS
+    buffer = np.zeros((0,), np.float32)
+    buffer_start = 0  # sample index (in the whole stream) of buffer[0]; always a whole number of frames
+    emitted = total = 0
+    for chunk in waveform_chunks:
+        buffer = np.concatenate([buffer, chunk])
+        total += len(chunk)
+        while (total - margin) // samples_per_frame >= emitted + window:
+            yield _feature_rows(encoder, buffer, buffer_start, emitted, emitted + window, margin)
+            emitted += window
+            keep_from = max(0, emitted * samples_per_frame - margin) // samples_per_frame * samples_per_frame
+            buffer, buffer_start = buffer[keep_from - buffer_start :], keep_from
+    last = num_video_frames(total)
+    while emitted < last:
+        end = min(emitted + window, last)
+        yield _feature_rows(encoder, buffer, buffer_start, emitted, end, margin)
+        emitted = end
+
+
+def _feature_rows(encoder, buffer: np.ndarray, buffer_start: int, first: int, end: int, margin: int) -> np.ndarray:
+    """Feature rows [first, end) of the whole stream from the audio around them (`buffer` starts at sample
+    `buffer_start` of the stream, a whole number of frames)."""
+    samples_per_frame = SAMPLE_RATE // VIDEO_FPS
+    lo = max(buffer_start, first * samples_per_frame - margin) // samples_per_frame * samples_per_frame
+    hi = end * samples_per_frame + margin
+    rows = encoder(buffer[lo - buffer_start : hi - buffer_start])
+    offset = lo // samples_per_frame
+    return rows[first - offset : end - offset]
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+def main(argv):
+    del argv
+    from absl import flags, logging
+
+    logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint read at INFO
+
+    from vasa_jax.video import write_mp4
+
+    f = flags.FLAGS
+    try:
+        gaze = None if f.gaze is None else [float(v) for v in f.gaze.split(",")]
+        if gaze is not None and len(gaze) != 2:
+            raise GenerationError(f"--gaze needs THETA,PHI in degrees, got {f.gaze!r}")
+        image = load_image(f.image)  # the inputs first: a bad file fails before any checkpoint is read
+        audio = load_audio(f.audio)
+        pipeline = TalkingHeadPipeline.from_workdirs(f.stage1, f.stage2)
+        started = time.perf_counter()
+        video = pipeline.generate(image, audio, gaze=gaze, distance=f.distance, emotion=f.emotion,
+                                  num_steps=f.num_steps, seed=f.seed,
+                                  guidance={"audio": f.audio_guidance, "gaze": f.gaze_guidance})
+        elapsed = time.perf_counter() - started
+        write_mp4(f.out, video.frames, fps=int(video.fps), audio=video.audio, sample_rate=video.sample_rate)
+    except (ValueError, OSError) as err:  # GenerationError and AudioError are ValueErrors
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+    print(f"{f.out}: {len(video.frames)} frames ({len(video.frames) / video.fps:.2f} s) at "
+          f"{video.frames.shape[2]}x{video.frames.shape[1]}, generated in {elapsed:.1f} s")
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+
+    flags.DEFINE_string("image", None, "portrait photo", required=True)
+    flags.DEFINE_string("audio", None, "speech (wav, flac, ogg, mp3; any rate and channel count)", required=True)
+    flags.DEFINE_string("out", None, "output mp4", required=True)
+    flags.DEFINE_string("stage1", None, "stage-1 training workdir", required=True)
+    flags.DEFINE_string("stage2", None, "stage-2 training workdir", required=True)
+    flags.DEFINE_string("gaze", None, "main gaze THETA,PHI in degrees (default: not controlled)")
+    flags.DEFINE_float("distance", None, "head distance, in the dataset's units (default: not controlled)")
+    flags.DEFINE_string("emotion", None, f"emotion preset ({', '.join(EMOTIONS)}) or comma-separated vector")
+    flags.DEFINE_float("audio_guidance", 0.5, "classifier-free guidance scale of the audio")
+    flags.DEFINE_float("gaze_guidance", 1.0, "classifier-free guidance scale of the gaze")
+    flags.DEFINE_integer("num_steps", 50, "DDIM steps")
+    flags.DEFINE_integer("seed", 0, "random seed")
+    app.run(main)
