@@ -26,6 +26,10 @@ import numpy as np
 from vasa_jax.audio import SAMPLE_RATE, VIDEO_FPS, load_audio, make_audio_encoder
 from vasa_jax.sampling import Controls, MotionSampler
 
+# Audio kept either side of the feature rows being computed while streaming: log-mel rows depend on audio within
+# half an analysis window (16 ms at 16 kHz) of them; 0.2 s is a wide safety margin, and the look-ahead a live
+# stream waits for beyond a window's own audio.
+FEATURE_MARGIN_SECONDS = 0.2
 POSE_DIM = 7  # z_pose: yaw, pitch, roll, translation (3), scale; the rest of a motion vector is z_dyn [K, 3]
 # Emotion presets: one-hot directions of the 8-way emotion vector used by the data (HSEmotion's class order).
 EMOTIONS = ("anger", "contempt", "disgust", "fear", "happiness", "neutral", "sadness", "surprise")
@@ -256,12 +260,12 @@ class TalkingHeadPipeline:
 def _stream_features(waveform_chunks: Iterable[np.ndarray], encoder, window: int) -> Iterator[np.ndarray]:
     """Audio features [W, A] per window (the last may be shorter) as soon as the audio for them is final.
 
-    Each window's rows are computed from the audio around it, one second either side: log-mel rows depend only on
-    audio within half an analysis window, so the rows equal those of the whole clip however the audio was chunked.
-    Only the audio still needed is kept, so memory stays bounded for long streams."""
+    Each window's rows are computed from the audio around it, FEATURE_MARGIN_SECONDS either side: log-mel rows
+    depend only on audio within half an analysis window, so the rows equal those of the whole clip however the
+    audio was chunked. Only the audio still needed is kept, so memory stays bounded for long streams."""
     from vasa_jax.audio import num_video_frames
 
-    margin = SAMPLE_RATE  # one second of audio either side of the rows being computed
+    margin = int(FEATURE_MARGIN_SECONDS * SAMPLE_RATE)
     samples_per_frame = SAMPLE_RATE // VIDEO_FPS
     buffer = np.zeros((0,), np.float32)
     buffer_start = 0  # sample index (in the whole stream) of buffer[0]; always a whole number of frames

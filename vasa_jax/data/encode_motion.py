@@ -83,6 +83,16 @@ def build(output, motion_fn, audio_encoder, synthetic_config, manifest, log=prin
     return {"counts": counts, "stats": stats, "manifest": manifest}
 
 
+def manifest_for(motion_source: str, stage1_workdir, audio_encoder) -> dict:
+    """What a motion dataset records about its making (generation reads the source and the audio encoder)."""
+    return {
+        "motion_source": motion_source,
+        "stage1_workdir": os.path.abspath(stage1_workdir) if stage1_workdir else None,
+        "audio_encoder": repr(audio_encoder),
+        "source": "synthetic",
+    }
+
+
 def synthetic_config_from(stage1_config):
     from vasa_jax.train.stage1 import synthetic_config
 
@@ -105,12 +115,7 @@ def main(argv):
         motion_fn, stage1_config = stage1_motion_fn(FLAGS.stage1, FLAGS.batch_size)
     else:
         motion_fn, stage1_config = motion.ground_truth_motion, FLAGS.synthetic_config
-    manifest = {
-        "motion_source": FLAGS.motion,
-        "stage1_workdir": os.path.abspath(FLAGS.stage1) if FLAGS.stage1 else None,
-        "audio_encoder": repr(audio_encoder),
-        "source": "synthetic",
-    }
+    manifest = manifest_for(FLAGS.motion, FLAGS.stage1, audio_encoder)
     build(FLAGS.output, motion_fn, audio_encoder, synthetic_config_from(stage1_config), manifest)
 
 
