@@ -63,10 +63,11 @@ def test_command_line_writes_a_decodable_mp4_with_the_speech(checkpoints, portra
     soundfile.write(audio_path, _speech(seconds), SAMPLE_RATE)
     out = str(tmp_path / "out.mp4")
     result = _run("vasa_jax.generate", f"--image={portrait}", f"--audio={audio_path}", f"--out={out}",
-                  f"--stage1={stage1}", f"--stage2={stage2}", "--num_steps=10", "--gaze=10,-5", "--emotion=0.5,0,0,0")
+                  f"--stage1={stage1}", f"--stage2={stage2}", "--num_steps=10", "--gaze=10,-5", "--emotion=happy",
+                  "--resolution=48")
     assert os.path.isfile(out), result.stderr
     decoded = video.read_mp4(out)
-    assert decoded["frames"].shape == (num_video_frames(int(seconds * SAMPLE_RATE)), 32, 32, 3)
+    assert decoded["frames"].shape == (num_video_frames(int(seconds * SAMPLE_RATE)), 48, 48, 3)
     assert decoded["fps"] == 25.0 and decoded["sample_rate"] == SAMPLE_RATE
     assert decoded["audio_duration"] == pytest.approx(seconds, abs=1e-3)
     assert decoded["frames"].std() > 1.0  # a picture, not a blank
@@ -86,8 +87,12 @@ def test_streaming_gives_the_offline_frames_and_compiles_once(checkpoints, portr
     assert (pipeline._decode._cache_size(), pipeline._encode._cache_size()) == compiled
     other_seed = pipeline.generate(portrait, speech, num_steps=10, seed=6).frames
     assert np.abs(other_seed.astype(int) - offline.frames).max() > 0
-    silent = pipeline.generate(portrait, np.zeros(SAMPLE_RATE, np.float32), num_steps=10)
+    silent = pipeline.generate(portrait, np.zeros(SAMPLE_RATE, np.float32), num_steps=10, emotion="0.5,0.5,0,0")
     assert silent.frames.shape[0] == 25
+    with pytest.raises(GenerationError, match="expected one of"):
+        pipeline.generate(portrait, speech, emotion="elated")
+    with pytest.raises(GenerationError, match="needs 4 values"):
+        pipeline.generate(portrait, speech, emotion=[1.0, 0.0])
 
 
 def test_grayscale_and_transparent_photos_load_as_rgb(tmp_path):
@@ -177,3 +182,36 @@ def test_quickstart_runs_every_stage_and_reports(tmp_path):
     assert "done. video" in result.stdout
     again = _run(*command)
     assert "(0 new)" in again.stdout, again.stdout
+
+
+MEDIA = os.environ.get("VASA_MEDIA_DIR")
+
+
+@pytest.mark.skipif(not MEDIA, reason="VASA_MEDIA_DIR is not set (the shared real photos and speech)")
+def test_every_real_portrait_and_speech_clip_goes_through(checkpoints, tmp_path):
+    """Each real photo with one of the real speech clips (every clip used): any size, PNG or JPEG, 16 to 48 kHz,
+    mono or stereo, 16 or 24 bit. Quality is not expected from synthetic training; running is."""
+    from vasa_jax.audio import load_audio
+
+    _, stage1, stage2 = checkpoints
+    pipeline = TalkingHeadPipeline.from_workdirs(stage1, stage2)
+    images = sorted(os.listdir(os.path.join(MEDIA, "images")))
+    audios = sorted(os.listdir(os.path.join(MEDIA, "audio")))
+    assert len(images) >= len(audios) > 0
+    for i, name in enumerate(images):
+        audio_path = os.path.join(MEDIA, "audio", audios[i % len(audios)])
+        speech = load_audio(audio_path)
+        result = pipeline.generate(os.path.join(MEDIA, "images", name), speech, num_steps=2, seed=i)
+        assert result.frames.shape == (num_video_frames(len(speech)), 32, 32, 3), (name, audio_path)
+
+
+def test_mp3_speech_goes_through(checkpoints, portrait, tmp_path):
+    _, stage1, stage2 = checkpoints
+    path = str(tmp_path / "speech.mp3")
+    soundfile.write(path, np.stack([_speech(1.5, 44100)] * 2, axis=1), 44100, format="MP3")
+    out = str(tmp_path / "out.mp4")
+    _run("vasa_jax.generate", f"--image={portrait}", f"--audio={path}", f"--out={out}", f"--stage1={stage1}",
+         f"--stage2={stage2}", "--num_steps=2")
+    decoded = video.read_mp4(out)
+    assert len(decoded["frames"]) == num_video_frames(int(1.5 * SAMPLE_RATE))
+    assert decoded["audio_duration"] == pytest.approx(1.5, abs=0.03)

@@ -3,7 +3,7 @@ motion window by window with stage 2, render every frame with stage 1's decoder,
 
   python -m vasa_jax.generate --image FACE.jpg --audio SPEECH.wav --out OUT.mp4 --stage1 DIR --stage2 DIR
       [--gaze THETA,PHI] [--distance D] [--emotion NAME|v1,v2,...] [--audio_guidance 0.5] [--gaze_guidance 1.0]
-      [--num_steps 50] [--seed 0]
+      [--num_steps 50] [--seed 0] [--resolution S]
 
 Python:
   pipeline = TalkingHeadPipeline.from_workdirs(stage1_dir, stage2_dir)
@@ -31,8 +31,12 @@ from vasa_jax.sampling import Controls, MotionSampler
 # stream waits for beyond a window's own audio.
 FEATURE_MARGIN_SECONDS = 0.2
 POSE_DIM = 7  # z_pose: yaw, pitch, roll, translation (3), scale; the rest of a motion vector is z_dyn [K, 3]
-# Emotion presets: one-hot directions of the 8-way emotion vector used by the data (HSEmotion's class order).
-EMOTIONS = ("anger", "contempt", "disgust", "fear", "happiness", "neutral", "sadness", "surprise")
+# Emotion presets: one-hot directions of the emotion condition, by its size: the 8 classes of HSEmotion (real data)
+# or the 4 emotions of the synthetic heads.
+EMOTION_PRESETS = {
+    8: ("anger", "contempt", "disgust", "fear", "happiness", "neutral", "sadness", "surprise"),
+    4: ("neutral", "happy", "angry", "surprised"),  # vasa_jax.data.synthetic.EMOTIONS
+}
 
 
 class GenerationError(ValueError):
@@ -91,19 +95,20 @@ def portrait_crop(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def emotion_vector(emotion, dim: int) -> Optional[np.ndarray]:
-    """None, a preset name (EMOTIONS) or a vector of `dim` numbers -> the emotion condition."""
+    """None, a preset name (EMOTION_PRESETS for the model's emotion size) or a vector of `dim` numbers -> the
+    emotion condition."""
     if emotion is None:
         return None
     if isinstance(emotion, str):
         name = emotion.strip().lower()
-        if name in EMOTIONS:
-            if dim != len(EMOTIONS):
-                raise GenerationError(f"emotion presets need an {len(EMOTIONS)}-d emotion condition; this model has {dim}")
-            return np.eye(len(EMOTIONS), dtype=np.float32)[EMOTIONS.index(name)]
+        presets = EMOTION_PRESETS.get(dim, ())
+        if name in presets:
+            return np.eye(dim, dtype=np.float32)[presets.index(name)]
         try:
             emotion = [float(v) for v in name.split(",")]
         except ValueError:
-            raise GenerationError(f"emotion {emotion!r}: expected one of {EMOTIONS} or {dim} comma-separated numbers") from None
+            raise GenerationError(f"emotion {emotion!r}: expected one of {presets} or {dim} comma-separated "
+                                  "numbers") from None
     vector = np.asarray(emotion, np.float32).reshape(-1)
     if vector.shape != (dim,):
         raise GenerationError(f"the emotion vector needs {dim} values, got {vector.size}")
@@ -116,7 +121,8 @@ class TalkingHeadPipeline:
     Every network call has one fixed shape per pipeline (frames are rendered in batches of `render_batch`,
     motion in windows of W), so a second `generate` compiles nothing."""
 
-    def __init__(self, stage1_task, stage1_params, sampler: MotionSampler, audio_encoder, render_batch: int = 8):
+    def __init__(self, stage1_task, stage1_params, sampler: MotionSampler, audio_encoder, render_batch: int = 8,
+                 output_size: Optional[int] = None):
         import jax
 
         from vasa_jax.models.stage1 import FaceLatentModel
@@ -126,6 +132,9 @@ class TalkingHeadPipeline:
         self.sampler = sampler
         self.audio_encoder = audio_encoder
         self.render_batch = int(render_batch)
+        if output_size is not None and (output_size <= 0 or output_size % 2):
+            raise GenerationError(f"the output size must be a positive even number (H.264), got {output_size}")
+        self.output_size = output_size
         num_kp = self.stage1_cfg.num_keypoints
         if sampler.cfg.motion_dim != POSE_DIM + 3 * num_kp:
             raise GenerationError(
@@ -199,7 +208,8 @@ class TalkingHeadPipeline:
         return {"volume": volume, "z_id": z_id, "pose": pose, "dyn": dyn, "image": source_image}
 
     def render(self, source: Mapping, motion: np.ndarray) -> np.ndarray:
-        """Frames uint8 [T, H, W, 3] for motion [T, 7 + 3K] (stage-1 units)."""
+        """Frames uint8 [T, S, S, 3] for motion [T, 7 + 3K] (stage-1 units); S is `output_size` when set (bicubic
+        resize of the stage-1 resolution), else the stage-1 resolution."""
         motion = np.asarray(motion, np.float32)
         frames = []
         for start in range(0, len(motion), self.render_batch):
@@ -209,9 +219,15 @@ class TalkingHeadPipeline:
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.render_batch - n, axis=0)])
             pose, dyn = chunk[:, :POSE_DIM], chunk[:, POSE_DIM:].reshape(len(chunk), -1, 3)
             frames.append(np.asarray(self._decode(source, pose, dyn))[:n])
+        size = self.output_size or self.resolution
         if not frames:
-            return np.zeros((0, self.resolution, self.resolution, 3), np.uint8)
-        return np.concatenate(frames)
+            return np.zeros((0, size, size, 3), np.uint8)
+        frames = np.concatenate(frames)
+        if size != self.resolution:
+            import cv2
+
+            frames = np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_CUBIC) for f in frames])
+        return frames
 
     def _controls(self, gaze, distance, emotion) -> Controls:
         return Controls(gaze=None if gaze is None else np.asarray(gaze, np.float32).reshape(2),
@@ -224,7 +240,8 @@ class TalkingHeadPipeline:
         waveform = load_audio(audio) if not isinstance(audio, np.ndarray) else np.asarray(audio, np.float32)
         frames = list(self._frames(image, [waveform], self._controls(gaze, distance, emotion), num_steps,
                                    guidance, seed))
-        frames = np.concatenate(frames) if frames else np.zeros((0, self.resolution, self.resolution, 3), np.uint8)
+        size = self.output_size or self.resolution
+        frames = np.concatenate(frames) if frames else np.zeros((0, size, size, 3), np.uint8)
         return GeneratedVideo(frames=frames, audio=waveform)
 
     def stream(self, image, audio_chunks: Iterable[np.ndarray], *, gaze=None, distance=None, emotion=None,
@@ -312,18 +329,27 @@ def main(argv):
             raise GenerationError(f"--gaze needs THETA,PHI in degrees, got {f.gaze!r}")
         image = load_image(f.image)  # the inputs first: a bad file fails before any checkpoint is read
         audio = load_audio(f.audio)
-        pipeline = TalkingHeadPipeline.from_workdirs(f.stage1, f.stage2)
+        pipeline = TalkingHeadPipeline.from_workdirs(f.stage1, f.stage2, output_size=f.resolution)
         started = time.perf_counter()
-        video = pipeline.generate(image, audio, gaze=gaze, distance=f.distance, emotion=f.emotion,
+        # Frames go to the encoder window by window: memory stays bounded however long the speech is.
+        windows = pipeline.stream(image, [audio], gaze=gaze, distance=f.distance, emotion=f.emotion,
                                   num_steps=f.num_steps, seed=f.seed,
                                   guidance={"audio": f.audio_guidance, "gaze": f.gaze_guidance})
+        count = [0]
+
+        def frames():
+            for chunk in windows:
+                count[0] += len(chunk)
+                yield from chunk
+
+        write_mp4(f.out, frames(), fps=int(VIDEO_FPS), audio=audio, sample_rate=SAMPLE_RATE)
         elapsed = time.perf_counter() - started
-        write_mp4(f.out, video.frames, fps=int(video.fps), audio=video.audio, sample_rate=video.sample_rate)
     except (ValueError, OSError) as err:  # GenerationError and AudioError are ValueErrors
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
-    print(f"{f.out}: {len(video.frames)} frames ({len(video.frames) / video.fps:.2f} s) at "
-          f"{video.frames.shape[2]}x{video.frames.shape[1]}, generated in {elapsed:.1f} s")
+    size = pipeline.output_size or pipeline.resolution
+    print(f"{f.out}: {count[0]} frames ({count[0] / VIDEO_FPS:.2f} s) at {size}x{size}, "
+          f"generated and encoded in {elapsed:.1f} s")
 
 
 if __name__ == "__main__":
@@ -336,9 +362,11 @@ if __name__ == "__main__":
     flags.DEFINE_string("stage2", None, "stage-2 training workdir", required=True)
     flags.DEFINE_string("gaze", None, "main gaze THETA,PHI in degrees (default: not controlled)")
     flags.DEFINE_float("distance", None, "head distance, in the dataset's units (default: not controlled)")
-    flags.DEFINE_string("emotion", None, f"emotion preset ({', '.join(EMOTIONS)}) or comma-separated vector")
+    flags.DEFINE_string("emotion", None, "emotion preset (8-d models: HSEmotion's classes, e.g. happiness; "
+                        "synthetic 4-d models: neutral, happy, angry, surprised) or a comma-separated vector")
     flags.DEFINE_float("audio_guidance", 0.5, "classifier-free guidance scale of the audio")
     flags.DEFINE_float("gaze_guidance", 1.0, "classifier-free guidance scale of the gaze")
     flags.DEFINE_integer("num_steps", 50, "DDIM steps")
     flags.DEFINE_integer("seed", 0, "random seed")
+    flags.DEFINE_integer("resolution", None, "output frame size (default: the stage-1 model's); even")
     app.run(main)
