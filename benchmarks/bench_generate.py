@@ -17,6 +17,7 @@ import resource
 import sys
 import time
 
+import flax.linen as nn
 import jax
 import numpy as np
 
@@ -26,8 +27,7 @@ from configs import stage1 as stage1_config  # noqa: E402
 from configs import stage2 as stage2_config  # noqa: E402
 from vasa_jax.audio import SAMPLE_RATE, make_audio_encoder  # noqa: E402
 from vasa_jax.generate import FEATURE_MARGIN_SECONDS, POSE_DIM, TalkingHeadPipeline  # noqa: E402
-from vasa_jax.models.stage2 import CONDITIONS, MotionDiT, Stage2ModelConfig  # noqa: E402
-from vasa_jax.models import diffusion  # noqa: E402
+from vasa_jax.models.stage2 import MotionDiT, Stage2ModelConfig, example_inputs  # noqa: E402
 from vasa_jax.sampling import MotionSampler  # noqa: E402
 from vasa_jax.train.stage1 import Stage1Task  # noqa: E402
 
@@ -38,24 +38,13 @@ def build_pipeline(stage1_variant: str, stage2_variant: str, render_batch: int) 
     task1 = Stage1Task(config1)
     size = task1.model_cfg.image_size
     image = np.zeros((1, size, size, 3), np.float32)
-    params1 = jax.jit(lambda key: task1.model.init(key, image, image))(jax.random.key(0))["params"]
-    params1 = jax.tree.map(lambda x: getattr(x, "unbox", lambda: x)(), params1,
-                           is_leaf=lambda x: hasattr(x, "unbox"))
+    params1 = nn.unbox(jax.jit(lambda key: task1.model.init(key, image, image))(jax.random.key(0))["params"])
     encoder = make_audio_encoder("log_mel")
     config2 = stage2_config.get_config("" if stage2_variant == "vasa" else stage2_variant)
     cfg2 = Stage2ModelConfig.from_config({
         **dict(config2.model), **dict(config2.diffusion), "motion_dim": POSE_DIM + 3 * task1.model_cfg.num_keypoints,
         "audio_dim": encoder.feature_dim, "emotion_dim": 8})
-    dummy = {"audio": np.zeros((1, cfg2.window, cfg2.audio_dim), np.float32),
-             "audio_valid": np.ones((1, cfg2.window), bool),
-             "previous_motion": np.zeros((1, cfg2.context, cfg2.motion_dim), np.float32),
-             "previous_audio": np.zeros((1, cfg2.context, cfg2.audio_dim), np.float32),
-             "gaze": np.zeros((1, 2), np.float32), "distance": np.zeros((1, 1), np.float32),
-             "emotion": np.zeros((1, 8), np.float32)}
-    params2 = MotionDiT(cfg2).init(jax.random.key(1), np.zeros((1, cfg2.window, cfg2.motion_dim), np.float32),
-                                   np.zeros((1,), np.int32), dummy, diffusion.all_kept(1, CONDITIONS))["params"]
-    params2 = jax.tree.map(lambda x: getattr(x, "unbox", lambda: x)(), params2,
-                           is_leaf=lambda x: hasattr(x, "unbox"))
+    params2 = nn.unbox(MotionDiT(cfg2).init(jax.random.key(1), *example_inputs(cfg2))["params"])
     m, a = cfg2.motion_dim, cfg2.audio_dim
     stats = {"motion_mean": np.zeros(m), "motion_std": np.full(m, 0.1), "audio_mean": np.zeros(a),
              "audio_std": np.ones(a), "distance_mean": np.zeros(1), "distance_std": np.ones(1)}

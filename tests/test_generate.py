@@ -148,7 +148,7 @@ def test_bad_input_is_a_one_line_error_and_leaves_no_file(checkpoints, portrait,
     print(case, errors[0])
 
 
-def test_pipeline_rejects_a_ground_truth_motion_model_in_python(checkpoints, tmp_path):
+def test_pipeline_reports_a_missing_workdir(checkpoints, tmp_path):
     with pytest.raises(GenerationError, match="not a directory"):
         TalkingHeadPipeline.from_workdirs(str(tmp_path / "missing"), checkpoints[2])
 

@@ -5,11 +5,23 @@ Every kernel carries logical axis names so that the trainer can shard parameters
 (`conv_in`/`conv_out` for convolutions, `embed`/`mlp` for dense layers). Norm scales and biases stay replicated.
 """
 
-from typing import Sequence
+import dataclasses
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+
+def config_from_mapping(cls, config: Any, what: str):
+    """A frozen dataclass of model sizes from a config section, refusing keys it does not know (a typo in a
+    config fails at start-up instead of silently keeping a default)."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values = dict(config)
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ValueError(f"unknown {what} config keys: {unknown}; known keys: {sorted(fields)}")
+    return cls(**values)
 
 
 def conv_kernel_init(ndim: int):

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from vasa_jax import ops
 from vasa_jax.models.layers import (
+    config_from_mapping,
     Conv,
     Dense,
     DownBlock,
@@ -91,12 +92,7 @@ class Stage1ModelConfig:
 
     @classmethod
     def from_config(cls, config: Any) -> "Stage1ModelConfig":
-        fields = {f.name for f in dataclasses.fields(cls)}
-        values = dict(config)
-        unknown = sorted(set(values) - fields)
-        if unknown:
-            raise ValueError(f"unknown stage-1 model config keys: {unknown}; known keys: {sorted(fields)}")
-        return cls(**values)
+        return config_from_mapping(cls, config, "stage-1 model")
 
 
 def image_to_volume(image, base_channels, num_down, max_channels, depth, channels):

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from vasa_jax.models import diffusion
-from vasa_jax.models.layers import Dense
+from vasa_jax.models.layers import Dense, config_from_mapping
 
 CONDITIONS = ("audio", "previous", "gaze", "distance", "emotion")
 
@@ -57,12 +57,23 @@ class Stage2ModelConfig:
 
     @classmethod
     def from_config(cls, config: Any) -> "Stage2ModelConfig":
-        fields = {f.name for f in dataclasses.fields(cls)}
-        values = dict(config)
-        unknown = sorted(set(values) - fields)
-        if unknown:
-            raise ValueError(f"unknown stage-2 model config keys: {unknown}; known keys: {sorted(fields)}")
-        return cls(**values)
+        return config_from_mapping(cls, config, "stage-2 model")
+
+
+def example_inputs(cfg: Stage2ModelConfig, batch: int = 1):
+    """Zero inputs of the right shapes (noisy motion, t, conditions, keep) for `MotionDiT.init`."""
+    w, k = cfg.window, cfg.context
+    conditions = {
+        "audio": jnp.zeros((batch, w, cfg.audio_dim)),
+        "audio_valid": jnp.ones((batch, w), bool),
+        "previous_motion": jnp.zeros((batch, k, cfg.motion_dim)),
+        "previous_audio": jnp.zeros((batch, k, cfg.audio_dim)),
+        "gaze": jnp.zeros((batch, 2)),
+        "distance": jnp.zeros((batch, 1)),
+        "emotion": jnp.zeros((batch, cfg.emotion_dim)),
+    }
+    keep = {name: jnp.ones((batch,), bool) for name in CONDITIONS}
+    return jnp.zeros((batch, w, cfg.motion_dim)), jnp.zeros((batch,), jnp.int32), conditions, keep
 
 
 def timestep_embedding(t, dim: int, max_period: float = 10_000.0):

@@ -15,7 +15,7 @@ import optax
 
 from vasa_jax.data import motion as motion_data
 from vasa_jax.models import diffusion
-from vasa_jax.models.stage2 import CONDITIONS, MotionDiT, Stage2ModelConfig
+from vasa_jax.models.stage2 import CONDITIONS, MotionDiT, Stage2ModelConfig, example_inputs
 from vasa_jax.train.loop import fixed_batch, training_iterator
 from vasa_jax.train.stage1 import make_optimizer
 
@@ -55,23 +55,8 @@ class Stage2Task:
         self.tx = make_optimizer(opt.learning_rate, opt.end_learning_rate, opt.warmup_steps, config.train.num_steps, opt)
 
     # ------------------------------------------------------------------------------------------------ state
-    def _dummy_inputs(self, batch: int = 1):
-        c = self.model_cfg
-        w, k = c.window, c.context
-        conditions = {
-            "audio": jnp.zeros((batch, w, c.audio_dim)),
-            "audio_valid": jnp.ones((batch, w), bool),
-            "previous_motion": jnp.zeros((batch, k, c.motion_dim)),
-            "previous_audio": jnp.zeros((batch, k, c.audio_dim)),
-            "gaze": jnp.zeros((batch, 2)),
-            "distance": jnp.zeros((batch, 1)),
-            "emotion": jnp.zeros((batch, c.emotion_dim)),
-        }
-        x = jnp.zeros((batch, w, c.motion_dim))
-        return x, jnp.zeros((batch,), jnp.int32), conditions, diffusion.all_kept(batch, CONDITIONS)
-
     def init_boxed(self, rng):
-        params = self.model.init(rng, *self._dummy_inputs())["params"]
+        params = self.model.init(rng, *example_inputs(self.model_cfg))["params"]
         return {"step": jnp.zeros((), jnp.int32), "params": {"dit": params}, "opt_state": {"dit": self.tx.init(params)}}
 
     def load_frozen(self):
