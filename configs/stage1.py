@@ -4,9 +4,14 @@ Variants (`--config=configs/stage1.py:VARIANT`):
   (none)  256x256 output, face-vid2vid sizes: volume 16x64x64x32, K=15 keypoints.
   512     512x512 output (VASA-1's resolution): volume 16x64x64x96.
   tiny    64x64 synthetic talking heads, trains on a 2-core CPU in minutes (the quickstart).
+  real    256x256 on a dataset prepared from real videos (python -m vasa_jax.data.prepare); set data.root.
+  real_tiny  the tiny model on a prepared real dataset (64x64 crops resized from the stored ones): CPU checks.
 
 Run:
   python -m vasa_jax.train --config=configs/stage1.py:tiny --workdir=runs/stage1_tiny
+  python -m vasa_jax.data.prepare --input /data/videos --output /data/prepared
+  python -m vasa_jax.train --config=configs/stage1.py:real --workdir=/data/runs/stage1_real \
+      --config.data.root=/data/prepared --config.feature_nets.vgg19_path=... --config.feature_nets.arcface_path=...
   python -m vasa_jax.train --config=configs/stage1.py --workdir=/data/runs/stage1 \
       --config.feature_nets.vgg19_path=/weights/vgg19.pth --config.feature_nets.arcface_path=/weights/r50.pth
 Override any value with --config.section.key=value.
@@ -111,6 +116,11 @@ def get_config(variant: str = ""):
         pairs_per_clip=50,
         eval_identities=32,
         eval_pairs=256,
+        # prepared real videos (source="prepared")
+        root="",  # the --output folder of python -m vasa_jax.data.prepare
+        pairs_per_record=50,  # (source, driving) pairs drawn per stored clip segment per epoch
+        augment=True,  # horizontal flip of the pair (labels mirrored) and colour jitter; prepared data only
+        colour_jitter=0.1,
     )
     # Device mesh: ('data', 'fsdp'); -1 takes the remaining devices. Parameters are sharded by logical axis rules.
     config.mesh = dict(shape=(-1, 1), axes=("data", "fsdp"))
@@ -143,8 +153,14 @@ def get_config(variant: str = ""):
         config.data.batch_size = 16
     elif variant == "tiny":
         _make_tiny(config)
+    elif variant in ("real", "real_tiny"):
+        if variant == "real_tiny":
+            _make_tiny(config)
+        config.data.source = "prepared"
     else:
-        raise ValueError(f"unknown stage-1 config variant {variant!r}; expected '', '512' or 'tiny'")
+        raise ValueError(
+            f"unknown stage-1 config variant {variant!r}; expected '', '512', 'tiny', 'real' or 'real_tiny'"
+        )
     return config
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "VIDEO_FPS",
     "AudioError",
     "load_audio",
+    "to_mono",
     "num_video_frames",
     "log_mel_features",
     "LogMelEncoder",
@@ -87,11 +88,17 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
     if not np.all(np.isfinite(data)):
         raise AudioError(f"{path}: audio file contains NaN or infinite samples")
 
-    waveform = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
-    if file_rate != sample_rate:
+    return to_mono(data, file_rate, sample_rate)
+
+
+def to_mono(samples: np.ndarray, rate: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """[N, C] samples at `rate` -> mono float32 [M] at `sample_rate`: channels averaged, soxr high-quality
+    resampling (`librosa.resample`). Shared by `load_audio` and the audio of videos (`vasa_jax.video`)."""
+    waveform = samples.mean(axis=1, dtype=np.float32) if samples.shape[1] > 1 else samples[:, 0]
+    if rate != sample_rate:
         import librosa
 
-        waveform = librosa.resample(waveform, orig_sr=file_rate, target_sr=sample_rate, res_type="soxr_hq")
+        waveform = librosa.resample(waveform, orig_sr=rate, target_sr=sample_rate, res_type="soxr_hq")
     return np.ascontiguousarray(waveform, dtype=np.float32)
 
 

@@ -1,5 +1,6 @@
-"""Writing and reading talking-head videos: H.264 mp4 with the speech muxed in (PyAV, which bundles FFmpeg and
-libx264, so no system FFmpeg is needed).
+"""Writing and reading talking-head videos: H.264 mp4 with the speech muxed in, and decoding of any container and
+codec FFmpeg reads (h264, hevc, mpeg4, ...) resampled to a fixed frame rate (PyAV, which bundles FFmpeg and libx264,
+so no system FFmpeg is needed).
 
 `write_mp4` is atomic: it encodes into a hidden temporary file beside the target and renames it only when the
 file is complete, so a failure (or a kill) never leaves a partial OUT.mp4 behind.
@@ -7,7 +8,7 @@ file is complete, so a failure (or a kill) never leaves a partial OUT.mp4 behind
 
 import fractions
 import os
-from typing import Iterable, Optional
+from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
@@ -102,3 +103,108 @@ def read_mp4(path: str | os.PathLike) -> dict:
                 parts.append(samples[0] if frame.format.is_planar else samples.reshape(-1, frame.layout.nb_channels)[:, 0])
             result["audio"] = np.concatenate(parts).astype(np.float32) if parts else np.zeros((0,), np.float32)
     return result
+
+
+class VideoError(ValueError):
+    """A video file that cannot be read: missing, empty, not a video, or damaged."""
+
+
+def _open(path):
+    import av
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise VideoError(f"{path}: file not found")
+    if os.path.getsize(path) == 0:
+        raise VideoError(f"{path}: file is empty (0 bytes)")
+    try:
+        container = av.open(path)
+    except (av.error.FFmpegError, UnicodeDecodeError) as error:
+        raise VideoError(f"{path}: not a readable video ({error})") from None
+    if not container.streams.video:
+        container.close()
+        raise VideoError(f"{path}: has no video stream")
+    return container
+
+
+def probe_video(path) -> dict:
+    """Container facts without decoding: {"codec", "width", "height", "fps" (average rate, or None),
+    "duration" (seconds, or None), "audio_streams"}."""
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        duration = None
+        if stream.duration is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / 1e6
+        return {
+            "codec": stream.codec_context.name, "width": stream.codec_context.width,
+            "height": stream.codec_context.height, "fps": float(stream.average_rate) if stream.average_rate else None,
+            "duration": duration, "audio_streams": len(container.streams.audio),
+        }
+
+
+def iter_video_frames(path, fps: float = 25.0) -> Iterator[np.ndarray]:
+    """Decode the first video stream and resample it to `fps` (uint8 RGB frames [H, W, 3]): output frame k shows
+    the source frame on screen at time k / fps after the first frame, so variable frame rates come out regular.
+    The count is the number of output instants before the last source frame ends (duration * fps, floored).
+    A damaged stream ends at its last decodable frame; an unreadable file raises VideoError."""
+    import av
+
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        default_duration = 1.0 / float(stream.average_rate) if stream.average_rate else 1.0 / fps
+        start, previous, previous_time, emitted = None, None, None, 0
+        try:
+            for index, frame in enumerate(container.decode(stream)):
+                time = frame.time if frame.time is not None else index * default_duration
+                if start is None:
+                    start = time
+                # Every output instant before this frame's time shows the previous frame.
+                while previous is not None and start + emitted / fps < time - 1e-6:
+                    yield previous
+                    emitted += 1
+                previous, previous_time = frame.to_ndarray(format="rgb24"), time
+        except av.error.FFmpegError:
+            pass  # a truncated or damaged stream: keep what decoded
+        if previous is None:
+            raise VideoError(f"{path}: no decodable video frames")
+        end = previous_time + default_duration
+        while start + emitted / fps < end - 1e-6:
+            yield previous
+            emitted += 1
+
+
+def read_video_audio(path, sample_rate: int = 16000) -> Optional[np.ndarray]:
+    """The first audio stream as mono float32 at `sample_rate`, aligned to the first video frame (leading audio is
+    cut, late-starting audio is padded with silence), or None when the file has no audio stream."""
+    import av
+
+    from vasa_jax.audio import to_mono
+
+    with _open(path) as container:
+        if not container.streams.audio:
+            return None
+        video_start = container.streams.video[0].start_time
+        video_start = float(video_start * container.streams.video[0].time_base) if video_start is not None else 0.0
+        stream = container.streams.audio[0]
+        parts, audio_start = [], None
+        try:
+            for frame in container.decode(stream):
+                if audio_start is None:
+                    audio_start = frame.time if frame.time is not None else video_start
+                samples = frame.to_ndarray().astype(np.float32)
+                # planar [C, N] or packed [1, N * C]: make it [N, C]
+                parts.append(samples.T if frame.format.is_planar else samples.reshape(-1, len(frame.layout.channels)))
+        except av.error.FFmpegError:
+            pass
+        if not parts:
+            return np.zeros((0,), np.float32)
+        waveform = to_mono(np.concatenate(parts), stream.rate, sample_rate)
+    offset = int(round((audio_start - video_start) * sample_rate))
+    if offset > 0:
+        waveform = np.concatenate([np.zeros(offset, np.float32), waveform])
+    elif offset < 0:
+        waveform = waveform[-offset:]
+    return waveform

@@ -17,11 +17,15 @@ import numpy as np
 from vasa_jax.train import checkpointing, metrics as metrics_lib, sharding
 
 
-def training_iterator(source, data, process_index: int, process_count: int, transform=None):
-    """Shuffled, repeated, per-process-sharded grain batches of this process's share of `data.batch_size`."""
+def training_iterator(source, data, process_index: int, process_count: int, transform=None, random_transform=None):
+    """Shuffled, repeated, per-process-sharded grain batches of this process's share of `data.batch_size`.
+    `random_transform(item, rng)` (augmentation) gets a generator seeded by data.seed and the item's position in
+    the repeated sequence, so every epoch draws new augmentations and a restored iterator repeats them exactly."""
     if data.batch_size % process_count:
         raise ValueError(f"data.batch_size {data.batch_size} is not divisible by {process_count} processes")
     dataset = grain.MapDataset.source(source).shuffle(seed=data.seed).repeat()[process_index::process_count]
+    if random_transform is not None:
+        dataset = dataset.random_map(random_transform, seed=data.seed)
     if transform is not None:
         dataset = dataset.map(transform)
     dataset = dataset.batch(data.batch_size // process_count, drop_remainder=True)

@@ -18,7 +18,7 @@ import numpy as np
 import optax
 
 from vasa_jax import ops
-from vasa_jax.data import synthetic
+from vasa_jax.data import prepared, synthetic
 from vasa_jax.losses import stage1 as losses
 from vasa_jax.models import arcface, vgg19
 from vasa_jax.models.discriminator import MultiScaleDiscriminator
@@ -244,13 +244,24 @@ class Stage1Task:
 
     # ------------------------------------------------------------------------------------------------ data
     def _source(self, split: str):
-        if self.config.data.source != "synthetic":
-            raise ValueError(f"unknown data.source {self.config.data.source!r} for stage 1; available: 'synthetic'")
-        return synthetic.SyntheticStage1Source(synthetic_config(self.config), split)
+        data = self.config.data
+        if data.source == "synthetic":
+            return synthetic.SyntheticStage1Source(synthetic_config(self.config), split)
+        if data.source == "prepared":
+            if not data.root:
+                raise ValueError("data.source 'prepared' needs data.root: the --output folder of "
+                                 "python -m vasa_jax.data.prepare")
+            return prepared.PreparedStage1Source(data.root, split, data.resolution, data.pairs_per_record, data.seed)
+        raise ValueError(f"unknown data.source {data.source!r} for stage 1; available: 'synthetic', 'prepared'")
 
     def train_iterator(self, process_index: int, process_count: int):
-        """Shuffled, repeated, per-process-sharded batches of this process's share of the global batch."""
-        return training_iterator(self._source("train"), self.config.data, process_index, process_count)
+        """Shuffled, repeated, per-process-sharded batches of this process's share of the global batch
+        (augmented when the data are prepared real videos and data.augment is on)."""
+        data = self.config.data
+        augment = None
+        if data.source == "prepared" and data.augment:
+            augment = functools.partial(prepared.augment_stage1, colour=data.colour_jitter)
+        return training_iterator(self._source("train"), data, process_index, process_count, random_transform=augment)
 
     @functools.cached_property
     def eval_batch(self):
