@@ -147,7 +147,7 @@ def probe_video(path) -> dict:
 def iter_video_frames(path, fps: float = 25.0) -> Iterator[np.ndarray]:
     """Decode the first video stream and resample it to `fps` (uint8 RGB frames [H, W, 3]): output frame k shows
     the source frame on screen at time k / fps after the first frame, so variable frame rates come out regular.
-    The count is the number of output instants before the last source frame ends (duration * fps, floored).
+    The count is the number of output instants before the last source frame ends (duration * fps, rounded up).
     A damaged stream ends at its last decodable frame; an unreadable file raises VideoError."""
     import av
 

@@ -62,7 +62,6 @@ def _mediapipe_face_mesh():
     """The `mediapipe.solutions.face_mesh` module, with graph configs handed to C++ as binary (see the module
     docstring). Raises FaceAnalysisError with the install command when MediaPipe is missing."""
     os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ info and warning lines
-    warnings.filterwarnings("ignore", message="SymbolDatabase.GetPrototype", category=UserWarning)
     try:
         from mediapipe.python import solution_base
         from mediapipe.python._framework_bindings import calculator_graph
@@ -117,7 +116,9 @@ class FaceMesh:
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"FaceMesh needs an RGB uint8 image [H, W, 3], got {image.dtype} {image.shape}")
         height, width = image.shape[:2]
-        result = self._mesh.process(image)
+        with warnings.catch_warnings():  # MediaPipe 0.10.14 calls an API protobuf 5 deprecates, on every image
+            warnings.filterwarnings("ignore", message="SymbolDatabase.GetPrototype", category=UserWarning)
+            result = self._mesh.process(image)
         faces = []
         for face in result.multi_face_landmarks or []:
             points = np.array([(p.x, p.y, p.z) for p in face.landmark], np.float32)

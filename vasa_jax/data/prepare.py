@@ -18,10 +18,10 @@ Output layout:
   DIR/tfds/talking_heads/1.0.0/  the TFDS dataset: ArrayRecord shards, splits "train" and "test" (by identity)
   DIR/summary.json               counts of kept and skipped clips by reason, seconds of video, throughput
 
-Bad clips (unreadable, no face, several faces, a face too small or lost, too short) are skipped with their reason;
-nothing stops the run. Clip files are written atomically, so a killed run leaves no half-written clip, and the
-TFDS dataset is rebuilt from the finished clips at the end of every run (TFDS writes into a temporary directory
-and renames it, so the dataset on disk is always complete).
+Bad clips (unreadable, truncated, a still image, too short, no face, several faces, a face too small or too often
+lost) are skipped with their reason; nothing stops the run. Clip files are written atomically, so a killed run
+leaves no half-written clip, and the TFDS dataset is rebuilt from the finished clips at the end of every run (TFDS
+writes into a temporary directory and renames it, so the dataset on disk is always complete).
 """
 
 from __future__ import annotations
@@ -188,6 +188,11 @@ def analyse_clip(path: str, config: PrepareConfig) -> dict:
                 several += 1
     count = len(found)
     seconds = count / config.fps
+    if count == 1:
+        raise SkipClip("a still image, not a video (one frame)")
+    declared = video.probe_video(path)["duration"]
+    if declared is not None and declared - seconds > max(1.0, 0.1 * declared):
+        raise SkipClip(f"truncated: {seconds:.2f} s of the {declared:.2f} s the container declares decode")
     if seconds < config.min_seconds:
         raise SkipClip(f"too short: {seconds:.2f} s (minimum {config.min_seconds:g} s)")
     found = np.array(found)

@@ -1,0 +1,311 @@
+"""Data preparation: video decoding at 25 fps, the prepare command on the shared real videos and on bad inputs,
+kill-and-resume, the stage-1 source and its augmentation, and a short stage-1 run on the prepared data."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from vasa_jax import video
+from vasa_jax.data import face, prepare, prepared
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MEDIA = os.environ.get("VASA_MEDIA_DIR")
+needs_media = pytest.mark.skipif(not MEDIA, reason="VASA_MEDIA_DIR is not set (the shared real videos)")
+
+# The shared videos the preparation test uses: a frontal talking head with speech (h264, 25 fps), a 30 fps clip with a
+# silent audio stream, an hevc 1080x1920 half-body clip, a clip without an audio stream, an mpeg4 clip.
+REAL = {
+    "real3dportrait_May_5s.mp4": "ok",
+    "liveportrait_d18.mp4": "silent",
+    "latentsync_demo1_video.mp4": "ok",
+    "liveportrait_d0.mp4": "none",
+    "sadtalker_WDA_KatieHill_000.mp4": "ok",
+}
+# Bad inputs made by the test, and the start of the reason each must be skipped with.
+BAD = {
+    "empty.mp4": "unreadable",
+    "truncated.mp4": "truncated",
+    "truncated_index.mp4": "unreadable",
+    "no_face.mp4": "no face",
+    "two_faces.mp4": "several faces",
+    "one_second.mp4": "too short",
+    "still_image.mp4": "a still image",
+}
+
+
+def _media(kind, name):
+    return os.path.join(MEDIA, kind, name)
+
+
+def _photo(name, size):
+    import cv2
+
+    image = cv2.imread(_media("images", name))[:, :, ::-1]
+    return np.ascontiguousarray(cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA))
+
+
+def _make_bad_inputs(folder):
+    open(os.path.join(folder, "empty.mp4"), "wb").close()
+    # Cut after 40% of the bytes. s18's index (moov atom) is at the file's start, so the cut file opens and decodes
+    # partly; d18's is at the end, so its cut file does not open at all.
+    for source, name in (("liveportrait_s18.mp4", "truncated.mp4"), ("liveportrait_d18.mp4", "truncated_index.mp4")):
+        data = open(_media("video", source), "rb").read()
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(data[: int(0.4 * len(data))])
+    t = np.arange(75)[:, None, None, None]
+    y, x = np.mgrid[0:128, 0:128]
+    gradient = (((x + y)[None, :, :, None] + 3 * t) % 256).astype(np.uint8)
+    video.write_mp4(os.path.join(folder, "no_face.mp4"), np.broadcast_to(gradient, (75, 128, 128, 3)))
+    pair = np.concatenate([_photo("hallo_ref6.jpg", 256), _photo("real3dportrait_Macron.png", 256)], axis=1)
+    video.write_mp4(os.path.join(folder, "two_faces.mp4"), [np.roll(pair, k % 5, axis=0) for k in range(75)])
+    first_second = video.read_mp4(_media("video", "real3dportrait_May_5s.mp4"))
+    video.write_mp4(os.path.join(folder, "one_second.mp4"), first_second["frames"][:25])
+    shutil.copy(_media("images", "hallo_ref6.jpg"), os.path.join(folder, "still_image.mp4"))
+
+
+@pytest.fixture(scope="module")
+def prepared_media(tmp_path_factory):
+    """The REAL videos and the BAD inputs prepared in one run with two worker processes."""
+    if not MEDIA:
+        pytest.skip("VASA_MEDIA_DIR is not set (the shared real videos)")
+    folder = tmp_path_factory.mktemp("raw")
+    for name in REAL:
+        os.symlink(_media("video", name), folder / name)
+    _make_bad_inputs(str(folder))
+    output = str(tmp_path_factory.mktemp("prepared"))
+    config = prepare.PrepareConfig(resolution=128, layout="auto")
+    summary = prepare.prepare(str(folder), output, config, workers=2, log=lambda *_: None)
+    return {"input": str(folder), "output": output, "summary": summary, "config": config}
+
+
+def _records(output):
+    out = {}
+    for split in prepared.SPLITS:
+        if prepared.load_index(output)["records"][split]:
+            source = prepared.open_split(output, split)
+            for i in range(len(source)):
+                record = source[i]
+                out[(record["clip"].decode(), int(record["segment"]))] = record
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- decoding
+def test_frames_are_resampled_from_30_to_25_fps(tmp_path):
+    """Output frame k shows the source frame on screen at k / 25 s: frame floor(k * 30 / 25) of a 30 fps video whose
+    frames carry their own index as brightness."""
+    path = str(tmp_path / "counter.mp4")
+    source_frames = [np.full((32, 32, 3), 5 * i, np.uint8) for i in range(45)]  # 1.5 s at 30 fps
+    video.write_mp4(path, source_frames, fps=30)
+    frames = list(video.iter_video_frames(path, fps=25))
+    assert len(frames) == 38  # the instants 0, 1/25, ..., 37/25 s fall before the end at 1.5 s
+    shown = np.array([round(float(f.mean()) / 5) for f in frames])
+    np.testing.assert_array_equal(shown, np.floor(np.arange(38) * 30 / 25 + 1e-9).astype(int))
+
+
+def test_unreadable_videos_raise_video_error(tmp_path):
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    text = tmp_path / "text.mp4"
+    text.write_text("not a video at all\n" * 20)
+    for path, message in ((empty, "empty"), (text, "not a readable video"), (tmp_path / "missing.mp4", "not found")):
+        with pytest.raises(video.VideoError, match=message):
+            list(video.iter_video_frames(path))
+
+
+# ------------------------------------------------------------------------------------------- pure pieces
+def test_layouts_identities_and_splits():
+    vox = [os.path.join("id00012", "abc", "00001.mp4"), os.path.join("id00012", "abd", "00002.mp4")]
+    assert prepare.detect_layout(vox) == "voxceleb2"
+    assert prepare.identity_of(vox[1], "voxceleb2") == "id00012"
+    hdtf = ["WDA_KatieHill_000.mp4", "RD_Radio31_000.mp4"]
+    assert prepare.detect_layout(hdtf) == "hdtf"
+    assert prepare.identity_of(hdtf[0], "hdtf") == "WDA_KatieHill"
+    assert prepare.detect_layout(["-0S5SPVqRRw_3.mp4"]) == "celebvhq"
+    assert prepare.identity_of("-0S5SPVqRRw_3.mp4", "celebvhq") == "-0S5SPVqRRw"
+    assert prepare.detect_layout(["a.mp4", os.path.join("bob", "b.mp4")]) == "folder"
+    assert prepare.identity_of(os.path.join("bob", "x", "b.mp4"), "folder") == "bob"
+
+    names = [f"speaker{i}" for i in range(200)]
+    split = prepare.split_identities(names, 0.1)
+    assert 5 < sum(v == "test" for v in split.values()) < 40
+    # Stable: adding identities never moves an existing one.
+    bigger = prepare.split_identities(names + [f"new{i}" for i in range(50)], 0.1)
+    assert all(bigger[n] == split[n] for n in names)
+    # Two identities: one of each, whatever the hash says.
+    assert sorted(prepare.split_identities(["a", "b"], 0.0).values()) == ["test", "train"]
+    assert prepare.split_identities(["only"], 0.5) == {"only": "train"}
+
+
+def test_segments_cover_the_clip_without_overlap():
+    for frames, most in ((250, 250), (251, 250), (840, 250), (78, 250)):
+        parts = prepared.segments(frames, most)
+        assert parts[0][0] == 0 and parts[-1][1] == frames
+        assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+        assert max(b - a for a, b in parts) <= most
+        assert len(parts) == -(-frames // most)
+
+
+def test_main_gaze_ignores_glances():
+    rng = np.random.default_rng(0)
+    steady = rng.normal([4.0, -3.0], 0.5, size=(200, 2))
+    glances = rng.normal([25.0, 10.0], 0.5, size=(60, 2))
+    np.testing.assert_allclose(prepare.main_gaze(np.concatenate([steady, glances])), [4.0, -3.0], atol=0.5)
+
+
+def test_horizontal_flip_mirrors_the_labels():
+    rng = np.random.default_rng(0)
+    item = {k: rng.integers(0, 255, (8, 8, 3), dtype=np.uint8) for k in ("source", "driving", "cross")}
+    pose = np.array([10.0, 5.0, -3.0, 0.1, -0.2, 0.05], np.float32)
+    item.update(source_pose=pose, driving_pose=pose + 1, cross_pose=pose - 1,
+                source_gaze=np.array([7.0, 2.0], np.float32), driving_gaze=np.array([-4.0, 1.0], np.float32))
+
+    class Always:  # a generator whose draws always flip
+        def random(self):
+            return 0.0
+
+    out = prepared.augment_stage1(item, Always(), colour=0.0)
+    np.testing.assert_array_equal(out["source"], item["source"][:, ::-1])
+    np.testing.assert_array_equal(out["cross"], item["cross"][:, ::-1])
+    np.testing.assert_allclose(out["source_pose"], [-10.0, 5.0, 3.0, -0.1, -0.2, 0.05])
+    np.testing.assert_allclose(out["driving_gaze"], [4.0, 1.0])
+    jittered = prepared.augment_stage1(item, np.random.default_rng(1), flip=False, colour=0.3)
+    assert not np.array_equal(jittered["source"], item["source"])
+    np.testing.assert_array_equal(jittered["source_pose"], pose)
+
+
+# ---------------------------------------------------------------------------------------- on real videos
+@needs_media
+def test_prepare_keeps_the_real_videos_and_skips_each_bad_input_with_its_reason(prepared_media):
+    summary = prepared_media["summary"]
+    assert summary["kept"] == len(REAL) and summary["skipped"] == len(BAD), summary["skipped_clips"]
+    for name, reason in BAD.items():
+        assert summary["skipped_clips"][name].startswith(reason), (name, summary["skipped_clips"][name])
+    assert summary["identities"]["test"] and summary["identities"]["train"]
+    on_disk = json.load(open(os.path.join(prepared_media["output"], "summary.json")))
+    assert on_disk["kept"] == len(REAL)
+
+
+@needs_media
+def test_prepared_frames_audio_and_labels(prepared_media):
+    output, config = prepared_media["output"], prepared_media["config"]
+    records = _records(output)
+    with face.FaceMesh(max_faces=1) as mesh:
+        for name, audio_status in REAL.items():
+            clip = prepare.clip_key(name)
+            parts = [records[k] for k in sorted(records) if k[0] == clip]
+            frames = sum(len(r["jpeg_offsets"]) - 1 for r in parts)
+            duration = video.probe_video(_media("video", name))["duration"]
+            assert abs(frames - duration * 25) <= 1, (name, frames, duration)
+            for record in parts:
+                count = len(record["jpeg_offsets"]) - 1
+                assert len(record["audio"]) == count * config.sample_rate // config.fps
+                assert bool(record["has_audio"]) == (audio_status == "ok"), name
+                for key in ("pose", "gaze", "eye_open", "mouth_open", "landmarks", "face_found"):
+                    assert len(record[key]) == count, (name, key)
+                # A face is found again in every stored crop, where the stored landmarks say it is.
+                for i in range(count):
+                    image = prepared.decode_frame(record, i)
+                    assert image.shape == (config.resolution, config.resolution, 3)
+                    found = mesh(image)
+                    assert found, f"{name}: no face in stored frame {i} of segment {record['segment']}"
+                    error = np.linalg.norm(found[0][:, :2] - record["landmarks"][i, :, :2], axis=-1)
+                    assert np.median(error) < 0.05 * config.resolution, (name, i, np.median(error))
+            if audio_status == "ok":
+                assert np.abs(np.concatenate([r["audio"] for r in parts])).max() > 1000  # speech is there
+    # The frontal clip: plausible head pose, open eyes.
+    may = records[(prepare.clip_key("real3dportrait_May_5s.mp4"), 0)]
+    yaw, pitch, roll = np.median(may["pose"][:, :3], axis=0)
+    assert abs(yaw) < 15 and abs(pitch) < 20 and abs(roll) < 10, (yaw, pitch, roll)
+    assert 0.15 < np.median(may["eye_open"]) < 0.5
+    assert np.abs(may["pose"][:, 3:5]).max() < 0.3  # the smoothed crop stays on the face
+
+
+@needs_media
+def test_stage1_source_reads_the_prepared_data(prepared_media):
+    output = prepared_media["output"]
+    source = prepared.PreparedStage1Source(output, "train", resolution=64, pairs_per_record=3)
+    index = prepared.load_index(output)
+    assert len(source) == 3 * len(index["records"]["train"])
+    item = source[len(source) - 1]
+    assert item["source"].shape == item["driving"].shape == item["cross"].shape == (64, 64, 3)
+    assert item["source"].dtype == np.uint8
+    assert item["identity"] != item["cross_identity"]
+    assert item["source_pose"].shape == (6,) and item["source_gaze"].shape == (2,)
+    from vasa_jax.data import synthetic
+
+    synthetic_item = synthetic.SyntheticStage1Source(synthetic.SyntheticConfig(resolution=64))[0]
+    assert set(item) == set(synthetic_item)  # the trainer reads either
+    with pytest.raises(IndexError):
+        source[len(source)]
+
+
+@needs_media
+def test_killed_preparation_resumes_without_duplicates(tmp_path):
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    names = ["liveportrait_d0.mp4", "real3dportrait_May_5s.mp4", "liveportrait_d18.mp4"]
+    for name in names:
+        os.symlink(_media("video", name), folder / name)
+    output = tmp_path / "out"
+    command = [sys.executable, "-m", "vasa_jax.data.prepare", "--input", str(folder), "--output", str(output),
+               "--resolution", "64", "--workers", "1"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    clips = output / "clips"
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if clips.exists() and any(p.suffix == ".npz" and ".partial" not in p.name for p in clips.iterdir()):
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, "the preparation ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done_before = {p.name: p.stat().st_mtime_ns for p in clips.iterdir()
+                   if p.name.endswith(".npz") and ".partial" not in p.name}
+    assert 1 <= len(done_before) < len(names)
+
+    rerun = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
+    assert f"{len(done_before)} already done" in rerun.stdout, rerun.stdout
+    index = prepared.load_index(str(output))
+    listed = [(r["clip"], r["segment"]) for split in prepared.SPLITS for r in index["records"][split]]
+    assert sorted(listed) == sorted({(prepare.clip_key(n), 0) for n in names})
+    stored = _records(str(output))
+    assert sorted(stored) == sorted(listed)  # every clip once, nothing half-written
+    assert not [p for p in clips.iterdir() if ".partial" in p.name]
+    # The clips finished before the kill were not redone: their files are untouched.
+    assert {name: (clips / name).stat().st_mtime_ns for name in done_before} == done_before
+
+
+@needs_media
+def test_command_line_reports_a_missing_input(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "vasa_jax.data.prepare", "--input", str(tmp_path / "nowhere"),
+                             "--output", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: --input")
+
+
+@needs_media
+@pytest.mark.slow
+def test_stage1_trainer_runs_on_the_prepared_dataset(prepared_media, tmp_path):
+    """A few steps of the real trainer, through the command line, on the prepared real videos."""
+    from test_stage1_model import SMALL
+
+    overrides = {f"model.{k}": v for k, v in SMALL.items()}
+    overrides.update({"data.root": prepared_media["output"], "data.resolution": 32, "data.batch_size": 2,
+                      "data.eval_pairs": 2, "data.num_threads": 1, "train.num_steps": 3, "train.eval_every": 3,
+                      "train.log_every": 1, "discriminator.channels": "(8,16)"})
+    command = [sys.executable, "-m", "vasa_jax.train", "--config=configs/stage1.py:real_tiny",
+               f"--workdir={tmp_path / 'run'}"] + [f"--config.{k}={v}" for k, v in overrides.items()]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "step 3/3" in result.stdout and "eval step 3" in result.stdout
+    losses = [float(line.split("generator_loss=")[1].split(",")[0]) for line in result.stdout.splitlines()
+              if "generator_loss=" in line]
+    assert len(losses) == 3 and np.all(np.isfinite(losses))
