@@ -14,7 +14,6 @@ import sys
 import tempfile
 import time
 
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from vasa_jax import video  # noqa: E402
