@@ -122,3 +122,20 @@ def test_crop_levels_the_eyes_and_frames_the_face(mesh):
     (found,) = mesh(crop)[:1]
     error = np.linalg.norm(found[:, :2] - mapped[:, :2], axis=-1)
     assert np.median(error) < 3.0, np.median(error)  # pixels of the 256 crop
+
+
+@needs_media
+def test_paste_back_inverts_the_crop(mesh):
+    """Cropping a photo and pasting the crop back gives the photo again: exactly where the crop does not reach,
+    and up to two resamplings inside it."""
+    image = _photo("joyvasa_005.png", 400)[:300]  # not square, and the crop reaches past the top and bottom
+    (lm,) = mesh(image)[:1]
+    box = face.crop_boxes(lm)
+    crop = face.apply_crop(image, box, 512)
+    pasted = face.paste_back(image, box, crop[None])[0]
+    assert pasted.shape == image.shape
+    difference = np.abs(pasted.astype(int) - image).astype(float)
+    inside = difference.max(axis=-1) > 0
+    psnr = 10 * np.log10(255**2 / np.mean(difference**2))
+    assert psnr > 35, psnr
+    assert 0 < inside.mean() < 1  # unchanged outside the crop (whose border is feathered), resampled inside

@@ -111,13 +111,19 @@ def test_grayscale_and_transparent_photos_load_as_rgb(tmp_path):
     np.testing.assert_allclose(image[-1, 0], [1.0, 1.0, 1.0])  # composited over white
 
 
-@pytest.mark.parametrize("case", ["truncated_jpeg", "text_as_image", "empty_audio", "missing_checkpoint",
+@pytest.mark.parametrize("case", ["no_face", "truncated_jpeg", "text_as_image", "empty_audio", "missing_checkpoint",
                                   "stage2_as_stage1", "ground_truth_stage2"])
 def test_bad_input_is_a_one_line_error_and_leaves_no_file(checkpoints, portrait, tmp_path, case):
     root, stage1, stage2 = checkpoints
     image, audio_path = portrait, str(tmp_path / "speech.wav")
     soundfile.write(audio_path, _speech(1.0), SAMPLE_RATE)
-    if case == "truncated_jpeg":
+    if case == "no_face":
+        from PIL import Image
+
+        image = str(tmp_path / "wall.png")
+        y, x = np.mgrid[0:96, 0:96]
+        Image.fromarray(np.stack([x * 2, y * 2, (x + y)], -1).astype(np.uint8)).save(image)
+    elif case == "truncated_jpeg":
         data = open(portrait, "rb").read()
         image = str(tmp_path / "cut.jpg")
         open(image, "wb").write(data[: len(data) // 2])
@@ -146,6 +152,67 @@ def test_bad_input_is_a_one_line_error_and_leaves_no_file(checkpoints, portrait,
     assert "Traceback" not in result.stderr, result.stderr
     assert not os.path.exists(out) and not [p for p in os.listdir(tmp_path) if p.endswith(".partial.mp4")]
     print(case, errors[0])
+
+
+def _two_heads(path):
+    """Two synthetic heads side by side, the left one larger, saved as a PNG."""
+    from PIL import Image
+
+    from vasa_jax.data import synthetic
+
+    heads = [synthetic.render_clip(synthetic.make_clip(1, synthetic.get_identity(synthetic.TEST_ID_OFFSET + i, 0), 1),
+                                   size)[0] for i, size in enumerate((128, 96))]
+    canvas = np.full((128, 240, 3), 200, np.uint8)
+    canvas[:, :128] = heads[0]
+    canvas[16:112, 136:232] = heads[1]
+    Image.fromarray(canvas).save(path)
+
+
+def test_two_faces_animate_the_largest_with_a_warning(checkpoints, tmp_path):
+    _, stage1, stage2 = checkpoints
+    image = str(tmp_path / "two.png")
+    _two_heads(image)
+    audio_path = str(tmp_path / "speech.wav")
+    soundfile.write(audio_path, _speech(1.0), SAMPLE_RATE)
+    out = str(tmp_path / "out.mp4")
+    result = _run("vasa_jax.generate", f"--image={image}", f"--audio={audio_path}", f"--out={out}",
+                  f"--stage1={stage1}", f"--stage2={stage2}", "--num_steps=2")
+    assert "warning: 2 faces in the photo: animating the largest" in result.stderr, result.stderr
+    assert os.path.isfile(out)
+    from vasa_jax.generate import portrait_crop
+
+    with pytest.warns(UserWarning, match="2 faces"):
+        chosen = portrait_crop(load_image(image), 32)
+    assert chosen.faces == 2 and chosen.box[0] < 128  # the larger, left head
+
+
+def test_paste_back_puts_the_face_into_the_whole_photo(checkpoints, tmp_path):
+    """The output is the whole photo (odd sizes trimmed to even for H.264); outside the face's crop it is the photo
+    itself, inside it changes with the generated motion."""
+    from PIL import Image
+
+    from vasa_jax.data import synthetic
+
+    _, stage1, stage2 = checkpoints
+    head = synthetic.render_clip(synthetic.make_clip(1, synthetic.get_identity(synthetic.TEST_ID_OFFSET, 0), 1), 96)[0]
+    photo = np.full((161, 201, 3), 90, np.uint8)
+    photo[40:136, 90:186] = head
+    path = str(tmp_path / "photo.png")
+    Image.fromarray(photo).save(path)
+    pipeline = TalkingHeadPipeline.from_workdirs(stage1, stage2, paste_back=True)
+    result = pipeline.generate(path, _speech(1.0), num_steps=2)
+    assert result.frames.shape == (25, 160, 200, 3)
+    source = pipeline.encode_source(path)
+    cx, cy, side, _ = source["portrait"].box
+    far = np.ones((160, 200), bool)
+    half = side / np.sqrt(2)  # the crop may be rotated: its corners reach this far from the centre
+    far[int(max(cy - half, 0)) : int(cy + half) + 1, int(max(cx - half, 0)) : int(cx + half) + 1] = False
+    assert far.sum() > 1000
+    outside = result.frames[:, far]
+    np.testing.assert_array_equal(outside, np.broadcast_to(photo[:160, :200][far], outside.shape))
+    assert np.abs(result.frames[:, ~far].astype(int) - photo[:160, :200][~far]).mean() > 1.0
+    wide = TalkingHeadPipeline.from_workdirs(stage1, stage2, paste_back=True, output_size=100)
+    assert wide.generate(path, _speech(0.5), num_steps=2).frames.shape == (num_video_frames(8000), 80, 100, 3)
 
 
 def test_pipeline_reports_a_missing_workdir(checkpoints, tmp_path):

@@ -70,9 +70,34 @@ def _make_bad_inputs(folder):
     shutil.copy(_media("images", "hallo_ref6.jpg"), os.path.join(folder, "still_image.mp4"))
 
 
+# The stand-in expression classifier: the crop's mean normalised colour times a fixed matrix, 8 logits.
+EMOTION_WEIGHTS = np.random.default_rng(3).normal(0, 4.0, (3, 8)).astype(np.float32)
+EMOTION_BIAS = np.linspace(-1, 1, 8).astype(np.float32)
+
+
+def _make_emotion_model(path):
+    """An ONNX model with HSEmotion's interface (NCHW 224x224 input, batch 1, 8 logits) the test can compute by hand."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+         helper.make_node("Flatten", ["pooled"], ["flat"]),
+         helper.make_node("Gemm", ["flat", "weights", "bias"], ["logits"])],
+        "mean_colour_classifier",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 224, 224])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 8])],
+        initializer=[numpy_helper.from_array(EMOTION_WEIGHTS, "weights"), numpy_helper.from_array(EMOTION_BIAS, "bias")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+
+
 @pytest.fixture(scope="module")
 def prepared_media(tmp_path_factory):
-    """The REAL videos and the BAD inputs prepared in one run with two worker processes."""
+    """The REAL videos and the BAD inputs prepared in one run with two worker processes and an emotion model."""
     if not MEDIA:
         pytest.skip("VASA_MEDIA_DIR is not set (the shared real videos)")
     folder = tmp_path_factory.mktemp("raw")
@@ -80,7 +105,9 @@ def prepared_media(tmp_path_factory):
         os.symlink(_media("video", name), folder / name)
     _make_bad_inputs(str(folder))
     output = str(tmp_path_factory.mktemp("prepared"))
-    config = prepare.PrepareConfig(resolution=128, layout="auto")
+    emotion_model = str(tmp_path_factory.mktemp("models") / "emotion.onnx")
+    _make_emotion_model(emotion_model)
+    config = prepare.PrepareConfig(resolution=128, layout="auto", emotion_model=emotion_model)
     summary = prepare.prepare(str(folder), output, config, workers=2, log=lambda *_: None)
     return {"input": str(folder), "output": output, "summary": summary, "config": config}
 
@@ -225,6 +252,35 @@ def test_prepared_frames_audio_and_labels(prepared_media):
     assert abs(yaw) < 15 and abs(pitch) < 20 and abs(roll) < 10, (yaw, pitch, roll)
     assert 0.15 < np.median(may["eye_open"]) < 0.5
     assert np.abs(may["pose"][:, 3:5]).max() < 0.3  # the smoothed crop stays on the face
+
+
+@needs_media
+def test_emotion_is_the_classifier_mean_over_the_clip(prepared_media):
+    """The stored emotion equals the stand-in classifier computed by hand on the stored crops (up to their JPEG
+    compression): every fifth frame, tight face crop, ImageNet normalisation, softmax, mean."""
+    from vasa_jax.data import emotion
+
+    config = prepared_media["config"]
+    records = _records(prepared_media["output"])
+    vectors = {}
+    for name in REAL:
+        parts = [records[k] for k in sorted(records) if k[0] == prepare.clip_key(name)]
+        probabilities = []
+        for record in parts:
+            for i in range(len(record["jpeg_offsets"]) - 1):
+                if (int(record["start_frame"]) + i) % config.count_faces_every or not record["face_found"][i]:
+                    continue
+                crop = emotion.tight_face_crop(prepared.decode_frame(record, i), record["landmarks"][i].astype(
+                    np.float32), 224)
+                mean_colour = ((crop.astype(np.float32) / 255 - emotion.IMAGENET_MEAN) / emotion.IMAGENET_STD).mean((0, 1))
+                logits = mean_colour @ EMOTION_WEIGHTS + EMOTION_BIAS
+                probabilities.append(np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum())
+        expected = np.mean(probabilities, axis=0)
+        stored = parts[0]["emotion"]
+        assert stored.shape == (8,) and abs(stored.sum() - 1) < 1e-5
+        np.testing.assert_allclose(stored, expected, atol=1e-2)  # measured 0.0075; swapping RGB for BGR: 0.96
+        vectors[name] = stored
+    assert np.ptp(np.stack(list(vectors.values())), axis=0).max() > 0.05  # the clips differ
 
 
 @needs_media

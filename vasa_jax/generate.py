@@ -3,15 +3,17 @@ motion window by window with stage 2, render every frame with stage 1's decoder,
 
   python -m vasa_jax.generate --image FACE.jpg --audio SPEECH.wav --out OUT.mp4 --stage1 DIR --stage2 DIR
       [--gaze THETA,PHI] [--distance D] [--emotion NAME|v1,v2,...] [--audio_guidance 0.5] [--gaze_guidance 1.0]
-      [--num_steps 50] [--seed 0] [--resolution S]
+      [--num_steps 50] [--seed 0] [--resolution S] [--crop face|center] [--paste_back]
 
 Python:
   pipeline = TalkingHeadPipeline.from_workdirs(stage1_dir, stage2_dir)
   video = pipeline.generate("face.jpg", "speech.wav")             # frames uint8 [T, H, W, 3] + 16 kHz audio
   for frames in pipeline.stream("face.jpg", audio_chunks): ...     # frames as soon as each window is ready
 
-Input photos are centre-cropped to a square and resized to the stage-1 resolution. Face detection and alignment
-(the data preparation's MediaPipe crop) are not wired in yet: give a portrait framed like the training data.
+The face of the photo is found and cropped as the data preparation crops video frames (MediaPipe Face Mesh, the
+same framing, eyes levelled: `vasa_jax.data.face`); a photo with no face is an error, one with several faces
+animates the largest, with a warning. `crop="center"` takes the centred square instead, for a photo already framed
+like the training data (the synthetic heads). `paste_back=True` puts the animated crop back into the whole photo.
 """
 
 import dataclasses
@@ -82,16 +84,39 @@ def load_image(image) -> np.ndarray:
     return np.asarray(picture.convert("RGB"), np.float32) / 255.0
 
 
-def portrait_crop(image: np.ndarray, size: int) -> np.ndarray:
-    """The centred square of an RGB image resized to size x size (area filter when shrinking)."""
-    import cv2
+CROPS = ("face", "center")
 
-    h, w = image.shape[:2]
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    square = image[top : top + side, left : left + side]
-    interpolation = cv2.INTER_AREA if side > size else cv2.INTER_CUBIC
-    return np.clip(cv2.resize(square, (size, size), interpolation=interpolation), 0.0, 1.0).astype(np.float32)
+
+@dataclasses.dataclass
+class Portrait:
+    photo: np.ndarray  # float32 RGB [H, W, 3] in [0, 1]: the whole input photo
+    box: np.ndarray  # (centre x, centre y, side, angle) of the crop in the photo (vasa_jax.data.face.crop_boxes)
+    crop: np.ndarray  # float32 [S, S, 3]: what stage 1 encodes
+    faces: int  # faces found in the photo (0 with crop="center", which does not look)
+
+
+def portrait_crop(photo: np.ndarray, size: int, crop: str = "face") -> Portrait:
+    """The square the model animates: around the photo's largest face, framed and levelled as the data
+    preparation frames video (crop="face"), or the centred square (crop="center"); resized to size x size.
+    Raises GenerationError when crop="face" finds no face; warns when it finds several."""
+    from vasa_jax.data import face
+
+    height, width = photo.shape[:2]
+    if crop == "center":
+        box, count = np.array([width / 2, height / 2, min(height, width), 0.0]), 0
+    elif crop == "face":
+        with face.FaceMesh(max_faces=4) as mesh:
+            faces = mesh(np.round(np.clip(photo, 0, 1) * 255).astype(np.uint8))
+        if not faces:
+            raise GenerationError("no face found in the photo (give a photo with a visible face, or crop='center' "
+                                  "for a photo already framed like the training data)")
+        if len(faces) > 1:
+            warnings.warn(f"{len(faces)} faces in the photo: animating the largest")
+        box, count = face.crop_boxes(faces[0]), len(faces)
+    else:
+        raise GenerationError(f"crop {crop!r}: expected one of {CROPS}")
+    square = np.clip(face.apply_crop(photo.astype(np.float32), box, size), 0.0, 1.0)
+    return Portrait(photo=photo, box=box, crop=square.astype(np.float32), faces=count)
 
 
 def emotion_vector(emotion, dim: int) -> Optional[np.ndarray]:
@@ -122,7 +147,7 @@ class TalkingHeadPipeline:
     motion in windows of W), so a second `generate` compiles nothing."""
 
     def __init__(self, stage1_task, stage1_params, sampler: MotionSampler, audio_encoder, render_batch: int = 8,
-                 output_size: Optional[int] = None):
+                 output_size: Optional[int] = None, crop: str = "face", paste_back: bool = False):
         import jax
 
         from vasa_jax.models.stage1 import FaceLatentModel
@@ -135,6 +160,9 @@ class TalkingHeadPipeline:
         if output_size is not None and (output_size <= 0 or output_size % 2):
             raise GenerationError(f"the output size must be a positive even number (H.264), got {output_size}")
         self.output_size = output_size
+        if crop not in CROPS:
+            raise GenerationError(f"crop {crop!r}: expected one of {CROPS}")
+        self.crop, self.paste_back = crop, bool(paste_back)
         num_kp = self.stage1_cfg.num_keypoints
         if sampler.cfg.motion_dim != POSE_DIM + 3 * num_kp:
             raise GenerationError(
@@ -202,14 +230,39 @@ class TalkingHeadPipeline:
 
     # ------------------------------------------------------------------------------------------------ pieces
     def encode_source(self, image) -> dict:
-        """The portrait's latents (computed once per video)."""
-        source_image = portrait_crop(load_image(image), self.resolution)[None]
+        """The portrait's latents (computed once per video), and the portrait itself ("portrait": `Portrait`)."""
+        portrait = portrait_crop(load_image(image), self.resolution, self.crop)
+        source_image = portrait.crop[None]
         volume, z_id, pose, dyn = self._encode(source_image)
-        return {"volume": volume, "z_id": z_id, "pose": pose, "dyn": dyn, "image": source_image}
+        return {"volume": volume, "z_id": z_id, "pose": pose, "dyn": dyn, "image": source_image, "portrait": portrait}
+
+    def frame_size(self, source: Mapping) -> tuple:
+        """(height, width) of the frames this pipeline produces for an encoded source."""
+        if not self.paste_back:
+            size = self.output_size or self.resolution
+            return size, size
+        height, width = source["portrait"].photo.shape[:2]
+        scale = self.output_size / max(height, width) if self.output_size else 1.0
+        return 2 * max(1, int(height * scale) // 2), 2 * max(1, int(width * scale) // 2)  # even, for H.264
+
+    def paste(self, source: Mapping, frames: np.ndarray) -> np.ndarray:
+        """Rendered crops [T, S, S, 3] put back into the photo: [T, H, W, 3] at `frame_size`."""
+        import cv2
+
+        from vasa_jax.data import face
+
+        portrait = source["portrait"]
+        height, width = self.frame_size(source)
+        scale = width / portrait.photo.shape[1]  # the photo is cut to even sizes and scaled by the same factor
+        photo = cv2.resize(portrait.photo[: int(round(height / scale)), : int(round(width / scale))], (width, height),
+                           interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+        box = portrait.box * np.array([scale, scale, scale, 1.0])
+        return face.paste_back(np.clip(photo, 0, 1) * 255.0, box, frames)
 
     def render(self, source: Mapping, motion: np.ndarray) -> np.ndarray:
-        """Frames uint8 [T, S, S, 3] for motion [T, 7 + 3K] (stage-1 units); S is `output_size` when set (bicubic
-        resize of the stage-1 resolution), else the stage-1 resolution."""
+        """Frames uint8 [T, H, W, 3] for motion [T, 7 + 3K] (stage-1 units): the animated crop at `output_size`
+        when set (bicubic resize of the stage-1 resolution), else at the stage-1 resolution; with paste-back, the
+        whole photo at `frame_size`."""
         motion = np.asarray(motion, np.float32)
         frames = []
         for start in range(0, len(motion), self.render_batch):
@@ -219,10 +272,12 @@ class TalkingHeadPipeline:
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.render_batch - n, axis=0)])
             pose, dyn = chunk[:, :POSE_DIM], chunk[:, POSE_DIM:].reshape(len(chunk), -1, 3)
             frames.append(np.asarray(self._decode(source, pose, dyn))[:n])
-        size = self.output_size or self.resolution
         if not frames:
-            return np.zeros((0, size, size, 3), np.uint8)
+            return np.zeros((0,) + self.frame_size(source) + (3,), np.uint8)
         frames = np.concatenate(frames)
+        if self.paste_back:
+            return self.paste(source, frames)
+        size = self.output_size or self.resolution
         if size != self.resolution:
             import cv2
 
@@ -238,10 +293,10 @@ class TalkingHeadPipeline:
                  guidance: Mapping[str, float] = (("audio", 0.5), ("gaze", 1.0)), seed: int = 0) -> GeneratedVideo:
         """The whole video for a photo and speech (a path or a 16 kHz mono waveform)."""
         waveform = load_audio(audio) if not isinstance(audio, np.ndarray) else np.asarray(audio, np.float32)
-        frames = list(self._frames(image, [waveform], self._controls(gaze, distance, emotion), num_steps,
+        source = self.encode_source(image)
+        frames = list(self._frames(source, [waveform], self._controls(gaze, distance, emotion), num_steps,
                                    guidance, seed))
-        size = self.output_size or self.resolution
-        frames = np.concatenate(frames) if frames else np.zeros((0, size, size, 3), np.uint8)
+        frames = np.concatenate(frames) if frames else np.zeros((0,) + self.frame_size(source) + (3,), np.uint8)
         return GeneratedVideo(frames=frames, audio=waveform)
 
     def stream(self, image, audio_chunks: Iterable[np.ndarray], *, gaze=None, distance=None, emotion=None,
@@ -249,12 +304,12 @@ class TalkingHeadPipeline:
                seed: int = 0) -> Iterator[np.ndarray]:
         """Yield rendered frames [n, H, W, 3] window by window while 16 kHz mono audio chunks arrive. The same
         seed gives the same frames as `generate`. `last_stream_latency` holds the seconds from the first audio
-        chunk to the first frames."""
-        yield from self._frames(image, audio_chunks, self._controls(gaze, distance, emotion), num_steps,
+        chunk to the first frames. `image` is a photo or what `encode_source` returned for one."""
+        source = image if isinstance(image, Mapping) else self.encode_source(image)
+        yield from self._frames(source, audio_chunks, self._controls(gaze, distance, emotion), num_steps,
                                 guidance, seed)
 
-    def _frames(self, image, audio_chunks, controls, num_steps, guidance, seed) -> Iterator[np.ndarray]:
-        source = self.encode_source(image)
+    def _frames(self, source, audio_chunks, controls, num_steps, guidance, seed) -> Iterator[np.ndarray]:
         self.last_stream_latency = None
         started = None
 
@@ -329,10 +384,16 @@ def main(argv):
             raise GenerationError(f"--gaze needs THETA,PHI in degrees, got {f.gaze!r}")
         image = load_image(f.image)  # the inputs first: a bad file fails before any checkpoint is read
         audio = load_audio(f.audio)
-        pipeline = TalkingHeadPipeline.from_workdirs(f.stage1, f.stage2, output_size=f.resolution)
+        pipeline = TalkingHeadPipeline.from_workdirs(f.stage1, f.stage2, output_size=f.resolution, crop=f.crop,
+                                                     paste_back=f.paste_back)
         started = time.perf_counter()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            source = pipeline.encode_source(image)
+        for warning in caught:
+            print(f"warning: {warning.message}", file=sys.stderr)
         # Frames go to the encoder window by window: memory stays bounded however long the speech is.
-        windows = pipeline.stream(image, [audio], gaze=gaze, distance=f.distance, emotion=f.emotion,
+        windows = pipeline.stream(source, [audio], gaze=gaze, distance=f.distance, emotion=f.emotion,
                                   num_steps=f.num_steps, seed=f.seed,
                                   guidance={"audio": f.audio_guidance, "gaze": f.gaze_guidance})
         count = [0]
@@ -347,8 +408,8 @@ def main(argv):
     except (ValueError, OSError) as err:  # GenerationError and AudioError are ValueErrors
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
-    size = pipeline.output_size or pipeline.resolution
-    print(f"{f.out}: {count[0]} frames ({count[0] / VIDEO_FPS:.2f} s) at {size}x{size}, "
+    height, width = pipeline.frame_size(source)
+    print(f"{f.out}: {count[0]} frames ({count[0] / VIDEO_FPS:.2f} s) at {width}x{height}, "
           f"generated and encoded in {elapsed:.1f} s")
 
 
@@ -368,5 +429,9 @@ if __name__ == "__main__":
     flags.DEFINE_float("gaze_guidance", 1.0, "classifier-free guidance scale of the gaze")
     flags.DEFINE_integer("num_steps", 50, "DDIM steps")
     flags.DEFINE_integer("seed", 0, "random seed")
-    flags.DEFINE_integer("resolution", None, "output frame size (default: the stage-1 model's); even")
+    flags.DEFINE_integer("resolution", None, "output frame size (default: the stage-1 model's); even. With "
+                         "--paste_back: the longer side of the output photo (default: the photo's own)")
+    flags.DEFINE_enum("crop", "face", list(CROPS), "face: find the face and frame it as the training data; "
+                      "center: the centred square, for a photo already framed like the training data")
+    flags.DEFINE_bool("paste_back", False, "put the animated face back into the whole photo")
     app.run(main)

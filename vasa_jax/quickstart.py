@@ -85,7 +85,8 @@ def main(argv):
     stage2_eval = loop.train(config2, paths["stage2"])
 
     say("4/4 a talking video of a held-out identity with held-out speech")
-    pipeline = TalkingHeadPipeline.from_workdirs(paths["stage1"], paths["stage2"])
+    # The portrait is a synthetic frame, already framed as the training data: no face crop.
+    pipeline = TalkingHeadPipeline.from_workdirs(paths["stage1"], paths["stage2"], crop="center")
     identity_id = int(synthetic.identity_ids(data, "test")[0])
     # A clip index past the dataset's clips: speech no stage has seen, of an identity no stage has trained on.
     clip = synthetic.get_clip(data, identity_id, data.clips_per_identity)

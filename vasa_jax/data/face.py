@@ -228,8 +228,9 @@ def crop_boxes(landmarks: np.ndarray) -> np.ndarray:
 
 
 def crop_matrix(box: np.ndarray, size: int) -> np.ndarray:
-    """The 2x3 affine map from source pixels to a `size` x `size` crop for one box (cx, cy, side, angle): the crop
-    is rotated by the angle, so a head tilted by it appears level."""
+    """The 2x3 affine map from source to crop coordinates for one box (cx, cy, side, angle) and a `size` x `size`
+    crop, in EDGE coordinates: pixel i spans [i, i + 1] (its centre is at i + 0.5), as MediaPipe's normalised
+    coordinates times the image size are. The crop is rotated by the angle, so a head tilted by it appears level."""
     cx, cy, side, angle = (float(v) for v in box)
     scale = size / side
     cos, sin = np.cos(angle) * scale, np.sin(angle) * scale
@@ -239,18 +240,50 @@ def crop_matrix(box: np.ndarray, size: int) -> np.ndarray:
     return matrix
 
 
+def index_matrix(matrix: np.ndarray) -> np.ndarray:
+    """An edge-coordinate affine map (see `crop_matrix`) as OpenCV's warpAffine wants it: pixel-index coordinates,
+    where pixel i's centre is at i."""
+    out = np.array(matrix, np.float64)
+    out[:, 2] += out[:, :2] @ np.array([0.5, 0.5]) - 0.5
+    return out
+
+
 def apply_crop(image: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
-    """The square crop of `image` (uint8 [H, W, 3]) for `box`, resampled to size x size (area-like quality when
-    shrinking: the source is pre-shrunk by an integer factor before the warp)."""
+    """The square crop of `image` ([H, W, 3], uint8 or float32) for `box`, resampled to size x size. When shrinking
+    by 2x or more the source is first reduced by an integer factor with an area filter (warpAffine interpolates
+    from 4 pixels and would alias). A box of the whole image at its own size returns the image unchanged."""
     import cv2
 
     box = np.asarray(box, np.float64).copy()
     factor = int(box[2] // (2 * size))
-    if factor >= 2:  # warpAffine interpolates from 4 pixels: shrink with INTER_AREA first to avoid aliasing
-        image = cv2.resize(image, (image.shape[1] // factor, image.shape[0] // factor), interpolation=cv2.INTER_AREA)
+    if factor >= 2:
+        height, width = image.shape[0] // factor, image.shape[1] // factor
+        image = cv2.resize(image[: height * factor, : width * factor], (width, height), interpolation=cv2.INTER_AREA)
         box[:3] /= factor
-    return cv2.warpAffine(image, crop_matrix(box, size), (size, size), flags=cv2.INTER_LINEAR,
+    return cv2.warpAffine(image, index_matrix(crop_matrix(box, size)), (size, size), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_REPLICATE)
+
+
+def paste_back(photo: np.ndarray, box: np.ndarray, crops: np.ndarray, feather: float = 0.1) -> np.ndarray:
+    """Put square crops [T, S, S, 3] (e.g. rendered frames) back into `photo` [H, W, 3] where `box` was cut from
+    it: the inverse warp, blended into the photo over a border of `feather` x the crop side so no seam shows.
+    Pixels the crop does not cover are the photo's own. Returns uint8 [T, H, W, 3]."""
+    import cv2
+
+    size = crops.shape[1]
+    height, width = photo.shape[:2]
+    inverse = index_matrix(cv2.invertAffineTransform(crop_matrix(box, size)))
+    ramp = np.clip((np.minimum(np.arange(size), np.arange(size)[::-1]) + 0.5) / max(feather * size, 1e-9), 0, 1)
+    ramp = ramp * ramp * (3 - 2 * ramp)  # smoothstep
+    mask = cv2.warpAffine(np.minimum(ramp[:, None], ramp[None, :]).astype(np.float32), inverse, (width, height),
+                          flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)[..., None]
+    background = photo.astype(np.float32)
+    out = np.empty((len(crops), height, width, 3), np.uint8)
+    for index, crop in enumerate(crops):
+        warped = cv2.warpAffine(crop.astype(np.float32), inverse, (width, height), flags=cv2.INTER_LINEAR,
+                                borderMode=cv2.BORDER_REPLICATE)
+        out[index] = np.clip(np.round(mask * warped + (1 - mask) * background), 0, 255).astype(np.uint8)
+    return out
 
 
 def landmarks_to_crop(landmarks: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:

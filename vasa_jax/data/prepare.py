@@ -8,7 +8,8 @@ framing, levelled by the clip's median eye line), resized to the training resolu
 16 kHz mono; and per frame the labels VASA's two stages use: 478 landmarks in crop pixels, the pose vector
 (yaw, pitch, roll in degrees, tx, ty, log scale; as `vasa_jax.data.synthetic.pose_vector`), gaze (theta, phi)
 in degrees, eye openness, mouth opening. Per clip: the main gaze direction (the densest cell of a 2D histogram of
-the gaze), a head distance (-log of the face's height over the frame's), the identity (from the layout) and its
+the gaze), a head distance (-log of the face's height over the frame's), the emotion (mean class probabilities of
+an ONNX expression classifier, when `--emotion_model` is given), the identity (from the layout) and its
 split, and whether usable audio is present (no audio stream and digital silence both count as none; such clips
 are kept for stage 1).
 
@@ -38,7 +39,10 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from vasa_jax.data import face
+from vasa_jax.data import emotion, face
+
+# Version of the clip files' contents: a rerun redoes clips written by another version instead of mixing formats.
+CLIP_FORMAT = 1
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".flv", ".mpg", ".mpeg", ".ts")
 LAYOUTS = ("auto", "voxceleb2", "hdtf", "celebvhq", "folder")
@@ -61,6 +65,7 @@ class PrepareConfig:
     test_fraction: float = 0.05  # fraction of identities in the test split (at least one when there are two)
     jpeg_quality: int = 95
     layout: str = "folder"
+    emotion_model: str = ""  # an ONNX expression classifier (vasa_jax.data.emotion); empty: no emotion labels
 
 
 class SkipClip(Exception):
@@ -234,7 +239,7 @@ def prepare_clip(path: str, config: PrepareConfig) -> Dict[str, np.ndarray]:
     count, size = len(found), config.resolution
     boxes = smooth_boxes(face.crop_boxes(landmarks), config.smoothing_seconds * config.fps)
 
-    jpegs, crop_landmarks = [], []
+    jpegs, crop_landmarks, emotion_frames = [], [], []
     params = [cv2.IMWRITE_JPEG_QUALITY, config.jpeg_quality]
     for index, frame in enumerate(video.iter_video_frames(path, config.fps)):
         if index >= count:
@@ -245,9 +250,15 @@ def prepare_clip(path: str, config: PrepareConfig) -> Dict[str, np.ndarray]:
             raise SkipClip(f"JPEG encoding failed at frame {index}")
         jpegs.append(encoded.reshape(-1))
         crop_landmarks.append(face.landmarks_to_crop(landmarks[index], boxes[index], size))
+        if config.emotion_model and found[index] and index % config.count_faces_every == 0:
+            emotion_frames.append((crop, crop_landmarks[-1]))
     if len(jpegs) != count:
         raise SkipClip(f"unreadable: the second decoding gave {len(jpegs)} frames, the first {count}")
     crop_landmarks = np.stack(crop_landmarks)
+    emotion_vector = np.zeros(0, np.float32)
+    if emotion_frames:  # the expression classifier sees the stored crops, as a trained model would
+        model = emotion.load_emotion_model(config.emotion_model)
+        emotion_vector = emotion.clip_emotion(model, *zip(*emotion_frames))
 
     samples_per_frame = config.sample_rate // config.fps
     audio = video.read_video_audio(path, config.sample_rate)
@@ -276,6 +287,8 @@ def prepare_clip(path: str, config: PrepareConfig) -> Dict[str, np.ndarray]:
         "face_found": found,
         "main_gaze": main_gaze(gaze[found]),
         "head_distance": np.float32(-np.log(np.median(face.face_height(landmarks[found])) / frame_height)),
+        "emotion": emotion_vector,
+        "format": np.int64(CLIP_FORMAT),
     }
 
 
@@ -326,7 +339,13 @@ def _finished(output_dir: str, key: str) -> Optional[dict]:
         with open(skipped_path) as f:
             return json.load(f)
     if os.path.exists(done_path):
-        return {"status": "kept", "key": key, "cached": True}
+        try:
+            with np.load(done_path) as arrays:
+                current = "format" in arrays.files and int(arrays["format"]) == CLIP_FORMAT
+        except (OSError, ValueError):  # not a readable npz: redo it
+            current = False
+        if current:
+            return {"status": "kept", "key": key, "cached": True}
     return None
 
 
@@ -416,15 +435,19 @@ def main(argv=None):
     parser.add_argument("--min_seconds", type=float, default=PrepareConfig.min_seconds)
     parser.add_argument("--min_face_size", type=float, default=PrepareConfig.min_face_size)
     parser.add_argument("--test_fraction", type=float, default=PrepareConfig.test_fraction)
+    parser.add_argument("--emotion_model", default="",
+                        help="ONNX facial-expression classifier (e.g. HSEmotion enet_b0_8) for per-clip emotion")
     args = parser.parse_args(argv)
     if args.resolution < 16 or args.resolution % 2:
         parser.error("--resolution must be an even number of at least 16")
     config = PrepareConfig(resolution=args.resolution, layout=args.layout, segment_seconds=args.segment_seconds,
                            min_seconds=args.min_seconds, min_face_size=args.min_face_size,
-                           test_fraction=args.test_fraction)
+                           test_fraction=args.test_fraction, emotion_model=args.emotion_model)
     try:
+        if config.emotion_model:
+            emotion.load_emotion_model(config.emotion_model)  # a bad model file fails here, before any clip
         prepare(args.input, args.output, config, workers=max(1, args.workers))
-    except (FileNotFoundError, face.FaceAnalysisError) as error:
+    except (FileNotFoundError, ValueError, face.FaceAnalysisError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0
