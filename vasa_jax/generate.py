@@ -236,14 +236,20 @@ class TalkingHeadPipeline:
         volume, z_id, pose, dyn = self._encode(source_image)
         return {"volume": volume, "z_id": z_id, "pose": pose, "dyn": dyn, "image": source_image, "portrait": portrait}
 
+    def _paste_scale(self, source: Mapping) -> float:
+        """How much the photo is scaled for paste-back: to `output_size` on its longer side when set, else 1."""
+        height, width = source["portrait"].photo.shape[:2]
+        return self.output_size / max(height, width) if self.output_size else 1.0
+
     def frame_size(self, source: Mapping) -> tuple:
-        """(height, width) of the frames this pipeline produces for an encoded source."""
+        """(height, width) of the frames this pipeline produces for an encoded source. With paste-back: the photo
+        scaled by `_paste_scale`, its last row or column dropped where a size is odd (H.264 needs even sizes)."""
         if not self.paste_back:
             size = self.output_size or self.resolution
             return size, size
+        scale = self._paste_scale(source)
         height, width = source["portrait"].photo.shape[:2]
-        scale = self.output_size / max(height, width) if self.output_size else 1.0
-        return 2 * max(1, int(height * scale) // 2), 2 * max(1, int(width * scale) // 2)  # even, for H.264
+        return max(2, round(height * scale) // 2 * 2), max(2, round(width * scale) // 2 * 2)
 
     def paste(self, source: Mapping, frames: np.ndarray) -> np.ndarray:
         """Rendered crops [T, S, S, 3] put back into the photo: [T, H, W, 3] at `frame_size`."""
@@ -252,18 +258,21 @@ class TalkingHeadPipeline:
         from vasa_jax.data import face
 
         portrait = source["portrait"]
+        photo, box = portrait.photo, portrait.box
+        scale = self._paste_scale(source)
+        if scale != 1.0:
+            size = (max(2, round(photo.shape[1] * scale)), max(2, round(photo.shape[0] * scale)))
+            photo = cv2.resize(photo, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+            box = box * np.array([scale, scale, scale, 1.0])
         height, width = self.frame_size(source)
-        scale = width / portrait.photo.shape[1]  # the photo is cut to even sizes and scaled by the same factor
-        photo = cv2.resize(portrait.photo[: int(round(height / scale)), : int(round(width / scale))], (width, height),
-                           interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
-        box = portrait.box * np.array([scale, scale, scale, 1.0])
-        return face.paste_back(np.clip(photo, 0, 1) * 255.0, box, frames)
+        return face.paste_back(np.clip(photo[:height, :width], 0, 1) * 255.0, box, frames)
 
     def render(self, source: Mapping, motion: np.ndarray) -> np.ndarray:
         """Frames uint8 [T, H, W, 3] for motion [T, 7 + 3K] (stage-1 units): the animated crop at `output_size`
         when set (bicubic resize of the stage-1 resolution), else at the stage-1 resolution; with paste-back, the
         whole photo at `frame_size`."""
         motion = np.asarray(motion, np.float32)
+        latents = {k: source[k] for k in ("volume", "z_id", "pose", "dyn", "image")}  # the decoder's inputs
         frames = []
         for start in range(0, len(motion), self.render_batch):
             chunk = motion[start : start + self.render_batch]
@@ -271,7 +280,7 @@ class TalkingHeadPipeline:
             if n < self.render_batch:  # one compiled shape
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.render_batch - n, axis=0)])
             pose, dyn = chunk[:, :POSE_DIM], chunk[:, POSE_DIM:].reshape(len(chunk), -1, 3)
-            frames.append(np.asarray(self._decode(source, pose, dyn))[:n])
+            frames.append(np.asarray(self._decode(latents, pose, dyn))[:n])
         if not frames:
             return np.zeros((0,) + self.frame_size(source) + (3,), np.uint8)
         frames = np.concatenate(frames)
