@@ -340,7 +340,10 @@ def test_killed_preparation_resumes_without_duplicates(tmp_path):
     output = tmp_path / "out"
     command = [sys.executable, "-m", "vasa_jax.data.prepare", "--input", str(folder), "--output", str(output),
                "--resolution", "64", "--workers", "1"]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # Its own process group, killed whole below, as a preempted machine or a killed job would be: the worker
+    # processes die with the main one.
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               start_new_session=True)
     clips = output / "clips"
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
@@ -348,8 +351,9 @@ def test_killed_preparation_resumes_without_duplicates(tmp_path):
             break
         time.sleep(0.02)
     assert process.poll() is None, "the preparation ended before it could be killed"
-    process.send_signal(signal.SIGKILL)
+    os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+    time.sleep(0.5)  # let the kernel finish removing the workers
     done_before = {p.name: p.stat().st_mtime_ns for p in clips.iterdir()
                    if p.name.endswith(".npz") and ".partial" not in p.name}
     assert 1 <= len(done_before) < len(names)
@@ -364,6 +368,19 @@ def test_killed_preparation_resumes_without_duplicates(tmp_path):
     assert not [p for p in clips.iterdir() if ".partial" in p.name]
     # The clips finished before the kill were not redone: their files are untouched.
     assert {name: (clips / name).stat().st_mtime_ns for name in done_before} == done_before
+
+
+def _double_or_die(task):
+    """A worker function for the isolation test: a native crash (the process exits at once) on "die"."""
+    if task == "die":
+        os._exit(3)
+    return 2 * task
+
+
+def test_a_task_that_kills_its_process_is_isolated():
+    tasks = [1, 2, "die", 3, 4, 5, 6]
+    results = list(prepare.map_isolating_crashes(_double_or_die, tasks, 2, lambda task: f"crashed on {task}"))
+    assert sorted(map(str, results)) == sorted(map(str, [2, 4, "crashed on die", 6, 8, 10, 12]))
 
 
 @needs_media

@@ -333,7 +333,55 @@ def _worker(task) -> dict:
     return result
 
 
+def _crashed(task) -> dict:
+    """The skip record of a clip whose worker process died (a native crash in a decoder or in MediaPipe)."""
+    _, relpath, output_dir, _ = task
+    key = clip_key(relpath)
+    result = {"status": "skipped", "reason": "error: the worker process died while preparing this clip",
+              "key": key, "relpath": relpath, "time": 0.0}
+    _write_json_atomic(_clip_paths(output_dir, key)[1], result)
+    return result
+
+
+def map_isolating_crashes(function, tasks, workers: int, crashed):
+    """Yield function(task) for every task, in completion order, from `workers` spawned processes. A task whose
+    process dies (a segfault in native code, say) yields crashed(task) instead, and the other tasks still run:
+    at most `workers` tasks are in flight, so when the pool breaks the suspects are known; each is retried alone
+    in a fresh process, and the one that kills that process too is the culprit."""
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    context = multiprocessing.get_context("spawn")
+    pending = list(reversed(tasks))
+    while pending:
+        suspects = []
+        with ProcessPoolExecutor(max(1, workers), mp_context=context) as pool:
+            running = {}
+            while (pending or running) and not suspects:
+                while pending and len(running) < max(1, workers):
+                    task = pending.pop()
+                    running[pool.submit(function, task)] = task
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                results = []
+                for future in done:
+                    task = running.pop(future)
+                    try:
+                        results.append(future.result())
+                    except BrokenProcessPool:
+                        suspects.append(task)
+                yield from results
+            suspects += list(running.values())
+        for task in suspects:
+            with ProcessPoolExecutor(1, mp_context=context) as alone:
+                try:
+                    result = alone.submit(function, task).result()
+                except BrokenProcessPool:
+                    result = crashed(task)
+            yield result
+
+
 def _finished(output_dir: str, key: str) -> Optional[dict]:
+    """The recorded result of a clip a previous run finished (kept with a current-format file, or skipped)."""
     done_path, skipped_path = _clip_paths(output_dir, key)
     if os.path.exists(skipped_path):
         with open(skipped_path) as f:
@@ -376,24 +424,15 @@ def prepare(input_dir: str, output_dir: str, config: PrepareConfig, workers: int
     start = time.perf_counter()
     seconds_done = 0.0
     tasks = [(input_dir, relpath, output_dir, config) for relpath in todo]
-    if workers > 1 and len(tasks) > 1:
-        pool = multiprocessing.get_context("spawn").Pool(workers)
-        stream = pool.imap_unordered(_worker, tasks)
-    else:
-        pool, stream = None, map(_worker, tasks)
-    try:
-        for number, result in enumerate(stream, 1):
-            results[result["relpath"]] = result
-            elapsed = time.perf_counter() - start
-            seconds_done += result.get("seconds", 0.0)
-            what = (f"kept, {result['seconds']:.1f} s, audio {result['audio']}" if result["status"] == "kept"
-                    else f"skipped: {result['reason']}")
-            eta = elapsed / number * (len(tasks) - number)
-            log(f"[{number}/{len(tasks)}] {result['relpath']}: {what} ({result['time']:.1f} s; "
-                f"{seconds_done / max(elapsed, 1e-9):.2f} s of video per s; ETA {eta:.0f} s)")
-    finally:
-        if pool is not None:
-            pool.terminate()
+    for number, result in enumerate(map_isolating_crashes(_worker, tasks, workers, _crashed), 1):
+        results[result["relpath"]] = result
+        elapsed = time.perf_counter() - start
+        seconds_done += result.get("seconds", 0.0)
+        what = (f"kept, {result['seconds']:.1f} s, audio {result['audio']}" if result["status"] == "kept"
+                else f"skipped: {result['reason']}")
+        eta = elapsed / number * (len(tasks) - number)
+        log(f"[{number}/{len(tasks)}] {result['relpath']}: {what} ({result['time']:.1f} s; "
+            f"{seconds_done / max(elapsed, 1e-9):.2f} s of video per s; ETA {eta:.0f} s)")
     elapsed = time.perf_counter() - start
 
     kept = sorted(r for r, v in results.items() if v["status"] == "kept")
