@@ -12,8 +12,9 @@ import time
 import numpy as np
 import pytest
 
+from test_face import _photo  # a shared real photo, resized
 from vasa_jax import video
-from vasa_jax.data import face, prepare, prepared
+from vasa_jax.data import atomic, face, prepare, prepared
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MEDIA = os.environ.get("VASA_MEDIA_DIR")
@@ -42,13 +43,6 @@ BAD = {
 
 def _media(kind, name):
     return os.path.join(MEDIA, kind, name)
-
-
-def _photo(name, size):
-    import cv2
-
-    image = cv2.imread(_media("images", name))[:, :, ::-1]
-    return np.ascontiguousarray(cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA))
 
 
 def _make_bad_inputs(folder):
@@ -134,6 +128,31 @@ def test_frames_are_resampled_from_30_to_25_fps(tmp_path):
     assert len(frames) == 38  # the instants 0, 1/25, ..., 37/25 s fall before the end at 1.5 s
     shown = np.array([round(float(f.mean()) / 5) for f in frames])
     np.testing.assert_array_equal(shown, np.floor(np.arange(38) * 30 / 25 + 1e-9).astype(int))
+
+
+def test_integer_pcm_audio_of_a_video_is_scaled_to_unit_range(tmp_path):
+    """A video whose audio is 16-bit PCM at 48 kHz stereo (as .mov and .avi files often carry): the waveform comes
+    back mono, at 16 kHz, with the amplitude it was written with, aligned to the video."""
+    import av
+
+    path = str(tmp_path / "pcm.mov")
+    rate, seconds = 48000, 1.0
+    t = np.arange(int(rate * seconds)) / rate
+    tone = (0.5 * np.sin(2 * np.pi * 440 * t) * 32767).astype(np.int16)
+    with av.open(path, mode="w") as container:
+        picture = container.add_stream("mpeg4", rate=25)
+        picture.width, picture.height, picture.pix_fmt = 32, 32, "yuv420p"
+        sound = container.add_stream("pcm_s16le", rate=rate, layout="stereo")
+        for _ in range(25):
+            container.mux(picture.encode(av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")))
+        container.mux(picture.encode())
+        frame = av.AudioFrame.from_ndarray(np.stack([tone, tone]).T.reshape(1, -1), format="s16", layout="stereo")
+        frame.sample_rate, frame.pts = rate, 0
+        container.mux(sound.encode(frame))
+        container.mux(sound.encode())
+    waveform = video.read_video_audio(path, 16000)
+    assert abs(len(waveform) - 16000) <= 320
+    assert abs(np.abs(waveform[1000:-1000]).max() - 0.5) < 0.02
 
 
 def test_unreadable_videos_raise_video_error(tmp_path):
@@ -347,7 +366,7 @@ def test_killed_preparation_resumes_without_duplicates(tmp_path):
     clips = output / "clips"
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
-        if clips.exists() and any(p.suffix == ".npz" and ".partial" not in p.name for p in clips.iterdir()):
+        if clips.exists() and any(p.suffix == ".npz" and atomic.TMP not in p.name for p in clips.iterdir()):
             break
         time.sleep(0.02)
     assert process.poll() is None, "the preparation ended before it could be killed"
@@ -355,7 +374,7 @@ def test_killed_preparation_resumes_without_duplicates(tmp_path):
     process.wait()
     time.sleep(0.5)  # let the kernel finish removing the workers
     done_before = {p.name: p.stat().st_mtime_ns for p in clips.iterdir()
-                   if p.name.endswith(".npz") and ".partial" not in p.name}
+                   if p.name.endswith(".npz") and atomic.TMP not in p.name}
     assert 1 <= len(done_before) < len(names)
 
     rerun = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
@@ -365,7 +384,7 @@ def test_killed_preparation_resumes_without_duplicates(tmp_path):
     assert sorted(listed) == sorted({(prepare.clip_key(n), 0) for n in names})
     stored = _records(str(output))
     assert sorted(stored) == sorted(listed)  # every clip once, nothing half-written
-    assert not [p for p in clips.iterdir() if ".partial" in p.name]
+    assert not [p for p in clips.iterdir() if atomic.TMP in p.name]
     # The clips finished before the kill were not redone: their files are untouched.
     assert {name: (clips / name).stat().st_mtime_ns for name in done_before} == done_before
 

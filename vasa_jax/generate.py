@@ -230,42 +230,38 @@ class TalkingHeadPipeline:
 
     # ------------------------------------------------------------------------------------------------ pieces
     def encode_source(self, image) -> dict:
-        """The portrait's latents (computed once per video), and the portrait itself ("portrait": `Portrait`)."""
+        """The portrait's latents (computed once per video), the portrait itself ("portrait": `Portrait`) and, for
+        paste-back, the photo the frames go into ("backdrop": float [H, W, 3] in 0..255 at the output size, even
+        sides) with the crop's box in its pixels ("backdrop_box")."""
         portrait = portrait_crop(load_image(image), self.resolution, self.crop)
         source_image = portrait.crop[None]
         volume, z_id, pose, dyn = self._encode(source_image)
-        return {"volume": volume, "z_id": z_id, "pose": pose, "dyn": dyn, "image": source_image, "portrait": portrait}
+        source = {"volume": volume, "z_id": z_id, "pose": pose, "dyn": dyn, "image": source_image,
+                  "portrait": portrait}
+        if self.paste_back:
+            source["backdrop"], source["backdrop_box"] = self._backdrop(portrait)
+        return source
 
-    def _paste_scale(self, source: Mapping) -> float:
-        """How much the photo is scaled for paste-back: to `output_size` on its longer side when set, else 1."""
-        height, width = source["portrait"].photo.shape[:2]
-        return self.output_size / max(height, width) if self.output_size else 1.0
-
-    def frame_size(self, source: Mapping) -> tuple:
-        """(height, width) of the frames this pipeline produces for an encoded source. With paste-back: the photo
-        scaled by `_paste_scale`, its last row or column dropped where a size is odd (H.264 needs even sizes)."""
-        if not self.paste_back:
-            size = self.output_size or self.resolution
-            return size, size
-        scale = self._paste_scale(source)
-        height, width = source["portrait"].photo.shape[:2]
-        return max(2, round(height * scale) // 2 * 2), max(2, round(width * scale) // 2 * 2)
-
-    def paste(self, source: Mapping, frames: np.ndarray) -> np.ndarray:
-        """Rendered crops [T, S, S, 3] put back into the photo: [T, H, W, 3] at `frame_size`."""
+    def _backdrop(self, portrait: Portrait):
+        """The photo scaled to `output_size` on its longer side when set, its last row or column dropped where a
+        side is odd (H.264 needs even sizes), and the crop's box in the scaled photo."""
         import cv2
 
-        from vasa_jax.data import face
-
-        portrait = source["portrait"]
         photo, box = portrait.photo, portrait.box
-        scale = self._paste_scale(source)
-        if scale != 1.0:
+        if self.output_size:
+            scale = self.output_size / max(photo.shape[:2])
             size = (max(2, round(photo.shape[1] * scale)), max(2, round(photo.shape[0] * scale)))
             photo = cv2.resize(photo, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
             box = box * np.array([scale, scale, scale, 1.0])
-        height, width = self.frame_size(source)
-        return face.paste_back(np.clip(photo[:height, :width], 0, 1) * 255.0, box, frames)
+        height, width = photo.shape[0] // 2 * 2, photo.shape[1] // 2 * 2
+        return np.clip(photo[:height, :width], 0, 1) * 255.0, box
+
+    def frame_size(self, source: Mapping) -> tuple:
+        """(height, width) of the frames this pipeline produces for an encoded source."""
+        if self.paste_back:
+            return source["backdrop"].shape[:2]
+        size = self.output_size or self.resolution
+        return size, size
 
     def render(self, source: Mapping, motion: np.ndarray) -> np.ndarray:
         """Frames uint8 [T, H, W, 3] for motion [T, 7 + 3K] (stage-1 units): the animated crop at `output_size`
@@ -285,7 +281,9 @@ class TalkingHeadPipeline:
             return np.zeros((0,) + self.frame_size(source) + (3,), np.uint8)
         frames = np.concatenate(frames)
         if self.paste_back:
-            return self.paste(source, frames)
+            from vasa_jax.data import face
+
+            return face.paste_back(source["backdrop"], source["backdrop_box"], frames)
         size = self.output_size or self.resolution
         if size != self.resolution:
             import cv2

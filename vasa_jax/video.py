@@ -82,27 +82,41 @@ def read_mp4(path: str | os.PathLike) -> dict:
     """Decode a video file: {"frames": uint8 [T, H, W, 3], "fps", "audio": float32 [N] (first channel) or None,
     "sample_rate", "audio_duration": seconds from the container (AAC decoding adds up to one 1024-sample frame
     of padding to the decoded samples; the container's duration does not)}."""
-    import av
-
     result = {"audio": None, "sample_rate": None, "audio_duration": None}
-    with av.open(os.fspath(path)) as container:
-        if not container.streams.video:
-            raise ValueError(f"{path} has no video stream")
+    with _open(path) as container:
         rate = container.streams.video[0].average_rate
         result["fps"] = float(rate) if rate else None
         result["frames"] = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
-    with av.open(os.fspath(path)) as container:
+    with _open(path) as container:
         if container.streams.audio:
             stream = container.streams.audio[0]
             result["sample_rate"] = stream.rate
             if stream.duration is not None:
                 result["audio_duration"] = float(stream.duration * stream.time_base)
-            parts = []
-            for frame in container.decode(audio=0):
-                samples = frame.to_ndarray()
-                parts.append(samples[0] if frame.format.is_planar else samples.reshape(-1, frame.layout.nb_channels)[:, 0])
-            result["audio"] = np.concatenate(parts).astype(np.float32) if parts else np.zeros((0,), np.float32)
+            result["audio"] = _decode_audio(container)[0][:, 0]
     return result
+
+
+def _decode_audio(container):
+    """The first audio stream as float32 samples [N, C] in [-1, 1] (integer PCM scaled by its full range) and
+    the time of its first frame in seconds (None without frames). A damaged stream ends at its last good frame."""
+    import av
+
+    stream = container.streams.audio[0]
+    parts, start = [], None
+    try:
+        for frame in container.decode(stream):
+            if start is None:
+                start = frame.time
+            samples = frame.to_ndarray()  # planar [C, N] or packed [1, N * C]
+            samples = samples.T if frame.format.is_planar else samples.reshape(-1, len(frame.layout.channels))
+            if np.issubdtype(samples.dtype, np.integer):
+                samples = samples / float(np.iinfo(samples.dtype).max + 1)
+            parts.append(samples.astype(np.float32))
+    except av.error.FFmpegError:
+        pass
+    channels = len(stream.layout.channels) if stream.layout else 1
+    return (np.concatenate(parts) if parts else np.zeros((0, channels), np.float32)), start
 
 
 class VideoError(ValueError):
@@ -179,8 +193,6 @@ def iter_video_frames(path, fps: float = 25.0) -> Iterator[np.ndarray]:
 def read_video_audio(path, sample_rate: int = 16000) -> Optional[np.ndarray]:
     """The first audio stream as mono float32 at `sample_rate`, aligned to the first video frame (leading audio is
     cut, late-starting audio is padded with silence), or None when the file has no audio stream."""
-    import av
-
     from vasa_jax.audio import to_mono
 
     with _open(path) as container:
@@ -188,20 +200,12 @@ def read_video_audio(path, sample_rate: int = 16000) -> Optional[np.ndarray]:
             return None
         video_start = container.streams.video[0].start_time
         video_start = float(video_start * container.streams.video[0].time_base) if video_start is not None else 0.0
-        stream = container.streams.audio[0]
-        parts, audio_start = [], None
-        try:
-            for frame in container.decode(stream):
-                if audio_start is None:
-                    audio_start = frame.time if frame.time is not None else video_start
-                samples = frame.to_ndarray().astype(np.float32)
-                # planar [C, N] or packed [1, N * C]: make it [N, C]
-                parts.append(samples.T if frame.format.is_planar else samples.reshape(-1, len(frame.layout.channels)))
-        except av.error.FFmpegError:
-            pass
-        if not parts:
+        samples, audio_start = _decode_audio(container)
+        if not len(samples):
             return np.zeros((0,), np.float32)
-        waveform = to_mono(np.concatenate(parts), stream.rate, sample_rate)
+        waveform = to_mono(samples, container.streams.audio[0].rate, sample_rate)
+    if audio_start is None:
+        audio_start = video_start
     offset = int(round((audio_start - video_start) * sample_rate))
     if offset > 0:
         waveform = np.concatenate([np.zeros(offset, np.float32), waveform])

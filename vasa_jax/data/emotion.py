@@ -68,7 +68,7 @@ def load_emotion_model(path: str) -> EmotionModel:
 
 def tight_face_crop(image: np.ndarray, landmarks: np.ndarray, size: int) -> np.ndarray:
     """The square around the face's mesh points (irises excluded), resized to size x size, uint8 RGB."""
-    points = landmarks[:468, :2]
+    points = landmarks[: face.FACE_MESH_POINTS, :2]
     low, high = points.min(axis=0), points.max(axis=0)
     centre, side = (low + high) / 2, float(max(high - low))
     return face.apply_crop(image, np.array([centre[0], centre[1], side, 0.0]), size)

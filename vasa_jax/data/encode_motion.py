@@ -16,7 +16,7 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-from vasa_jax.data import motion
+from vasa_jax.data import atomic, motion
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output", None, "dataset folder to create or complete", required=True)
@@ -76,7 +76,7 @@ def build(output, motion_fn, audio_encoder, synthetic_config, manifest, log=prin
     first = motion.load_clip(output, "train", motion.list_clips(output, "train")[0])
     manifest = dict(manifest, motion_dim=int(first["motion"].shape[1]), audio_dim=int(first["audio"].shape[1]),
                     emotion_dim=int(first["emotion"].shape[0]))
-    motion._write_json(os.path.join(output, motion.MANIFEST), manifest)
+    atomic.write_json(os.path.join(output, motion.MANIFEST), manifest)
     counts = {split: len(motion.list_clips(output, split)) for split in motion.SPLITS}
     log(f"motion dataset {output}: {counts} clips ({written} new) in {time.time() - start:.0f} s; "
         f"motion dim {manifest['motion_dim']}, audio dim {manifest['audio_dim']}")

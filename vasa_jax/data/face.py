@@ -28,11 +28,12 @@ from typing import List
 import numpy as np
 
 NUM_LANDMARKS = 478
+FACE_MESH_POINTS = 468  # the face's own points; the last 10 are the two irises
 
 # MediaPipe Face Mesh landmark indices ("right" = the subject's right, on the image's left for a frontal face).
 RIGHT_EYE_OUTER, RIGHT_EYE_INNER, RIGHT_EYE_TOP, RIGHT_EYE_BOTTOM = 33, 133, 159, 145
 LEFT_EYE_OUTER, LEFT_EYE_INNER, LEFT_EYE_TOP, LEFT_EYE_BOTTOM = 263, 362, 386, 374
-RIGHT_IRIS_CENTER, LEFT_IRIS_CENTER = 468, 473
+RIGHT_IRIS_CENTER, LEFT_IRIS_CENTER = FACE_MESH_POINTS, FACE_MESH_POINTS + 5
 MOUTH_RIGHT, MOUTH_LEFT, LIP_INNER_TOP, LIP_INNER_BOTTOM = 61, 291, 13, 14
 FOREHEAD, CHIN, NOSE_TIP = 10, 152, 1
 RIGHT_CHEEK, LEFT_CHEEK = 234, 454

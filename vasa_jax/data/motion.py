@@ -19,6 +19,8 @@ from typing import Callable, Dict, Iterable
 
 import numpy as np
 
+from vasa_jax.data import atomic
+
 MANIFEST = "manifest.json"
 STATS = "stats.json"
 SPLITS = ("train", "test")
@@ -58,16 +60,14 @@ def write_clip(root: str, split: str, name: str, record: Dict[str, np.ndarray]) 
         )
     path = clip_path(root, split, name)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **record)
-    os.replace(tmp, path)
+    atomic.save_npz(path, record)
 
 
 def list_clips(root: str, split: str) -> list:
     folder = os.path.join(root, "clips", split)
     if not os.path.isdir(folder):
         return []
-    return sorted(f[: -len(".npz")] for f in os.listdir(folder) if f.endswith(".npz") and ".tmp" not in f)
+    return sorted(f[: -len(".npz")] for f in os.listdir(folder) if f.endswith(".npz") and atomic.TMP not in f)
 
 
 def load_clip(root: str, split: str, name: str) -> Dict[str, np.ndarray]:
@@ -98,15 +98,8 @@ def compute_stats(root: str) -> Dict[str, list]:
         "distance_mean": d.mean(0).tolist(), "distance_std": np.maximum(d.std(0), 1e-4).tolist(),
         "num_train_clips": len(names),
     }
-    _write_json(os.path.join(root, STATS), stats)
+    atomic.write_json(os.path.join(root, STATS), stats)
     return stats
-
-
-def _write_json(path: str, value) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(value, fh, indent=1)
-    os.replace(tmp, path)
 
 
 def read_json(path: str):

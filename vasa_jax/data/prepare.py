@@ -39,7 +39,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from vasa_jax.data import emotion, face
+from vasa_jax.data import atomic, emotion, face
 
 # Version of the clip files' contents: a rerun redoes clips written by another version instead of mixing formats.
 CLIP_FORMAT = 1
@@ -293,19 +293,6 @@ def prepare_clip(path: str, config: PrepareConfig) -> Dict[str, np.ndarray]:
 
 
 # ------------------------------------------------------------------------------------------ the run
-def _save_atomic_npz(path: str, arrays: Dict[str, np.ndarray]):
-    partial = path + ".partial.npz"
-    np.savez(partial, **arrays)
-    os.replace(partial, path)
-
-
-def _write_json_atomic(path: str, obj):
-    partial = path + ".partial"
-    with open(partial, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(partial, path)
-
-
 def _clip_paths(output_dir: str, key: str) -> Tuple[str, str]:
     clips = os.path.join(output_dir, "clips")
     return os.path.join(clips, key + ".npz"), os.path.join(clips, key + ".skipped.json")
@@ -320,7 +307,7 @@ def _worker(task) -> dict:
     start = time.perf_counter()
     try:
         arrays = prepare_clip(path, config)
-        _save_atomic_npz(done_path, arrays)
+        atomic.save_npz(done_path, arrays)
         result = {"status": "kept", "seconds": (len(arrays["jpeg_offsets"]) - 1) / config.fps,
                   "audio": str(arrays["audio_status"])}
     except SkipClip as skip:
@@ -329,7 +316,7 @@ def _worker(task) -> dict:
         result = {"status": "skipped", "reason": f"error: {type(error).__name__}: {error}"}
     result.update(key=key, relpath=relpath, time=time.perf_counter() - start)
     if result["status"] == "skipped":
-        _write_json_atomic(skipped_path, result)
+        atomic.write_json(skipped_path, result)
     return result
 
 
@@ -339,7 +326,7 @@ def _crashed(task) -> dict:
     key = clip_key(relpath)
     result = {"status": "skipped", "reason": "error: the worker process died while preparing this clip",
               "key": key, "relpath": relpath, "time": 0.0}
-    _write_json_atomic(_clip_paths(output_dir, key)[1], result)
+    atomic.write_json(_clip_paths(output_dir, key)[1], result)
     return result
 
 
@@ -408,7 +395,7 @@ def prepare(input_dir: str, output_dir: str, config: PrepareConfig, workers: int
     config = dataclasses.replace(config, layout=layout)
     os.makedirs(os.path.join(output_dir, "clips"), exist_ok=True)
     for name in os.listdir(os.path.join(output_dir, "clips")):  # leftovers of a killed run
-        if ".partial" in name:
+        if atomic.TMP in name:
             os.remove(os.path.join(output_dir, "clips", name))
 
     results, todo = {}, []
@@ -455,7 +442,7 @@ def prepare(input_dir: str, output_dir: str, config: PrepareConfig, workers: int
                      "workers": workers,
                      "video_seconds_per_second": seconds_done / elapsed if elapsed > 0 else None},
     }
-    _write_json_atomic(os.path.join(output_dir, "summary.json"), summary)
+    atomic.write_json(os.path.join(output_dir, "summary.json"), summary)
     log(f"prepare: kept {len(kept)} clips ({records['train']} train / {records['test']} test records), skipped "
         f"{len(skipped)} {reasons if reasons else ''}; dataset in {prepared.dataset_dir(output_dir)}")
     return summary

@@ -26,7 +26,7 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
-from vasa_jax.data import face
+from vasa_jax.data import atomic, face
 
 DATASET_NAME = "talking_heads"
 DATASET_VERSION = "1.0.0"
@@ -111,10 +111,13 @@ def build_dataset(root: str, clips: List[Tuple[str, str, str]], config) -> Dict[
                                 "has_audio": has_audio})
 
     def generate(entries):
-        for entry in entries:
-            with np.load(os.path.join(root, "clips", entry["clip"] + ".npz")) as arrays:
-                start = entry["start_frame"]
-                record = _segment_record(arrays, start, start + entry["num_frames"], samples_per_frame)
+        loaded_key, arrays = None, None
+        for entry in entries:  # a clip's segments are consecutive: each clip file is read once
+            if entry["clip"] != loaded_key:
+                with np.load(os.path.join(root, "clips", entry["clip"] + ".npz")) as data:
+                    loaded_key, arrays = entry["clip"], {k: data[k] for k in data.files}
+            start = entry["start_frame"]
+            record = _segment_record(arrays, start, start + entry["num_frames"], samples_per_frame)
             record.update({k: entry[k] for k in ("clip", "identity", "identity_index", "segment", "start_frame")})
             yield f"{entry['clip']}#{entry['segment']}", record
 
@@ -142,10 +145,8 @@ def build_dataset(root: str, clips: List[Tuple[str, str, str]], config) -> Dict[
         os.remove(index_path)
     if clips:
         TalkingHeads(data_dir=os.path.join(root, "tfds"), file_format="array_record").download_and_prepare()
-        with open(index_path + ".partial", "w") as f:
-            json.dump({"identities": identities, "fps": config.fps, "sample_rate": config.sample_rate,
-                       "resolution": config.resolution, "records": plan}, f)
-        os.replace(index_path + ".partial", index_path)
+        atomic.write_json(index_path, {"identities": identities, "fps": config.fps, "sample_rate": config.sample_rate,
+                                       "resolution": config.resolution, "records": plan}, indent=None)
     return {split: len(plan[split]) for split in SPLITS}
 
 

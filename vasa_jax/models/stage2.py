@@ -72,8 +72,8 @@ def example_inputs(cfg: Stage2ModelConfig, batch: int = 1):
         "distance": jnp.zeros((batch, 1)),
         "emotion": jnp.zeros((batch, cfg.emotion_dim)),
     }
-    keep = {name: jnp.ones((batch,), bool) for name in CONDITIONS}
-    return jnp.zeros((batch, w, cfg.motion_dim)), jnp.zeros((batch,), jnp.int32), conditions, keep
+    noisy_motion, t = jnp.zeros((batch, w, cfg.motion_dim)), jnp.zeros((batch,), jnp.int32)
+    return noisy_motion, t, conditions, diffusion.all_kept(batch, CONDITIONS)
 
 
 def timestep_embedding(t, dim: int, max_period: float = 10_000.0):
