@@ -41,6 +41,11 @@ def base_model():
         hpe_base_channels=64,
         hpe_num_down=4,
         hpe_max_channels=512,
+        dyn_base_channels=32,
+        dyn_num_down=5,
+        dyn_max_channels=256,
+        dyn_hidden=256,
+        expression_code_dim=16,
         mfe_compress_channels=4,
         mfe_base_channels=32,
         mfe_max_channels=512,
@@ -50,6 +55,11 @@ def base_model():
         gen_channels=512,
         gen_num_res_blocks=6,
         gen_image_skip=False,
+        expression_channels=256,
+        expression_map_channels=16,
+        refine_base_channels=32,
+        refine_max_channels=128,
+        refine_num_levels=4,
     )
 
 
@@ -71,14 +81,24 @@ def get_config(variant: str = ""):
         perceptual_scales=4,
         perceptual_layers=dict(relu1_1=0.03125, relu2_1=0.0625, relu3_1=0.125, relu4_1=0.25, relu5_1=1.0),
         adversarial=1.0,
-        feature_matching=10.0,
+        feature_matching=10.0,  # summed over discriminator layers and scales
         equivariance=10.0,
         keypoint_prior=10.0,
-        head_pose=20.0,
+        head_pose=20.0,  # L1 in degrees, summed over yaw, pitch and roll
         head_pose_bins=1.0,  # Hopenet's cross-entropy on the 66 angle bins, beside the L1 on degrees
-        deformation_prior=5.0,
+        deformation_prior=5.0,  # L1 norm of a frame's deformations (summed over keypoints and coordinates)
         pairwise_transfer=10.0,
-        identity=5.0,
+        identity=5.0,  # on ArcFace's aligned square of the crop (data.face.ARCFACE_BOX_IN_CROP)
+        # L1 inside the driving frame's mouth and eye regions (each averaged over its own pixels): where expression
+        # shows, a few percent of the image that the image-wide terms barely see.
+        region_l1=10.0,
+        # The generator's prediction of the driving frame's face layout (mouth interior, eye openings, irises)
+        # against the data's layout maps: cross-entropy + Dice.
+        layout=1.0,
+        # Weak supervision of z_dyn: a linear readout of it against the frames' mouth opening, eye openness and
+        # gaze, each label times its scale (synthetic: [0, 1] openings, gaze degrees / 20).
+        expression_labels=10.0,
+        expression_label_scales=(1.0, 1.0, 0.05, 0.05),
         keypoint_min_distance=0.1,
         keypoint_mean_depth=0.33,
         tps_sigma_affine=0.05,
@@ -114,6 +134,9 @@ def get_config(variant: str = ""):
         clips_per_identity=4,
         frames_per_clip=100,
         pairs_per_clip=50,
+        # More frames of the same clip per item, with their labels, seen only by the encoder's pose and
+        # expression-label losses (cheap: no decoder pass).
+        extra_frames=0,
         eval_identities=32,
         eval_pairs=256,
         # prepared real videos (source="prepared")
@@ -139,6 +162,7 @@ def get_config(variant: str = ""):
         sample_every=2000,
         keep_checkpoints=3,
         large_pose_degrees=20.0,  # eval: pairs whose yaw/pitch/roll differ by more than this count as large-pose
+        expression_change=0.5,  # eval: mouth (eye) PSNR on pairs whose mouth opening (eye openness) differs more
     )
 
     if variant == "":
@@ -148,6 +172,7 @@ def get_config(variant: str = ""):
         config.model.afe_num_down = 3
         config.model.volume_channels = 96
         config.model.kp_scale_factor = 0.125
+        config.model.dyn_num_down = 6
         config.discriminator.scales = (1.0, 0.5)
         config.data.resolution = 512
         config.data.batch_size = 16
@@ -157,6 +182,9 @@ def get_config(variant: str = ""):
         if variant == "real_tiny":
             _make_tiny(config)
         config.data.source = "prepared"
+        # Landmark ratios (vasa_jax.data.face): mouth opening 0 to about 0.5, eye openness about 0.3 open and under
+        # 0.1 closed; scaled to spans comparable to the synthetic [0, 1] controls.
+        config.losses.expression_label_scales = (2.0, 3.0, 0.05, 0.05)
     else:
         raise ValueError(
             f"unknown stage-1 config variant {variant!r}; expected '', '512', 'tiny', 'real' or 'real_tiny'"
@@ -185,6 +213,11 @@ def _make_tiny(config):
         hpe_base_channels=16,
         hpe_num_down=4,
         hpe_max_channels=128,
+        dyn_base_channels=16,
+        dyn_num_down=4,
+        dyn_max_channels=64,
+        dyn_hidden=128,
+        expression_code_dim=8,
         mfe_compress_channels=2,
         mfe_base_channels=8,
         mfe_max_channels=32,
@@ -193,6 +226,11 @@ def _make_tiny(config):
         gen_channels=64,
         gen_num_res_blocks=2,
         gen_image_skip=True,
+        expression_channels=64,
+        expression_map_channels=8,
+        refine_base_channels=16,
+        refine_max_channels=64,
+        refine_num_levels=3,
     )
     config.discriminator.channels = (16, 32, 64)
     # Without pretrained weights the VGG19 perceptual and ArcFace identity losses carry no signal and dominate the
@@ -212,6 +250,12 @@ def _make_tiny(config):
         feature_matching=0.0,
         pairwise_transfer=0.0,  # two extra decoder passes per step: too slow for the CPU quickstart
         identity=0.0,
+        # face-vid2vid's head-pose weight (20 on degrees summed over the angles) would make the pose 90% of this
+        # small run's loss; 0.12 keeps the balance the tiny model was tuned with (20 on the radian mean).
+        head_pose=0.12,
+        deformation_prior=0.1,
+        expression_labels=30.0,
+        layout=5.0,
     )
     config.feature_nets.allow_random_init = True
     config.feature_nets.arcface_depth = 18
@@ -225,6 +269,7 @@ def _make_tiny(config):
         frames_per_clip=100,
         eval_identities=8,
         eval_pairs=512,  # about 50 of them differ in head pose by more than 20 degrees
+        extra_frames=4,
     )
     config.train.update(
         num_steps=1000, log_every=25, eval_every=250, checkpoint_every=250, sample_every=250, keep_checkpoints=2

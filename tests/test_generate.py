@@ -238,14 +238,18 @@ def test_quickstart_runs_every_stage_and_reports(tmp_path):
     import json
 
     command = ["vasa_jax.quickstart", f"--workdir={tmp_path}", "--stage1_steps=1", "--stage2_steps=2",
-               "--num_steps=2"]
+               "--num_steps=2", "--judge_steps=2", "--eval_clips=2", "--eval_num_steps=2"]
     result = _run(*command)
-    for name in ("talking_head.mp4", "contact_sheet.png", "report.json"):
+    for name in ("talking_head.mp4", "contact_sheet.png", "report.json", "judge/judge.npz"):
         assert os.path.isfile(tmp_path / name), result.stdout
     report = json.load(open(tmp_path / "report.json"))
-    assert -1.0 <= report["lip_sync_correlation"] <= 1.0 and report["frames"] > 0
+    sync = report["lip_sync"]
+    for key in ("lip_sync_r", "ceiling_r", "mismatched_r", "audio_nulled_r", "pose_only_true_r"):
+        assert -1.0 <= sync[key] <= 1.0, key
+    assert sync["num_clips"] == 2 and len(sync["per_clip"]) == 2 and report["video_frames"] > 0
+    assert report["expression_transfer"]["num_frames"] == 200
     decoded = video.read_mp4(tmp_path / "talking_head.mp4")
-    assert decoded["frames"].shape == (report["frames"], 64, 64, 3)
+    assert decoded["frames"].shape == (report["video_frames"], 64, 64, 3)
     assert "done. video" in result.stdout
     again = _run(*command)
     assert "(0 new)" in again.stdout, again.stdout

@@ -27,10 +27,11 @@ def test_hinge_losses():
     np.testing.assert_allclose(float(losses.hinge_generator_loss(fake)), 1.0 + 0.5)
 
 
-def test_head_pose_loss_in_radians_with_mask():
-    pred = jnp.array([[10.0, 0.0, 0.0, 9, 9, 9, 9], [0.0, 0.0, 0.0, 9, 9, 9, 9]])
+def test_head_pose_loss_in_degrees_summed_over_angles_with_mask():
+    """face-vid2vid's definition: degrees, the three angles summed, examples averaged (translation ignored)."""
+    pred = jnp.array([[10.0, -4.0, 1.0, 9, 9, 9, 9], [0.0, 0.0, 0.0, 9, 9, 9, 9]])
     labels = jnp.zeros((2, 6))
-    np.testing.assert_allclose(float(losses.head_pose_loss(pred, labels)), np.deg2rad(10.0) / 3 / 2, rtol=1e-6)
+    np.testing.assert_allclose(float(losses.head_pose_loss(pred, labels)), (10.0 + 4.0 + 1.0) / 2, rtol=1e-6)
     masked = losses.head_pose_loss(pred, labels, valid=jnp.array([0.0, 1.0]))
     assert float(masked) == 0.0
 
@@ -62,12 +63,42 @@ def test_identity_loss():
     assert float(jnp.abs(grads).sum()) > 0
 
 
-def test_feature_matching_and_psnr():
-    real = [[jnp.ones((1, 4, 4, 2)), jnp.zeros((1, 2, 2, 2))]]
-    fake = [[jnp.zeros((1, 4, 4, 2)), jnp.zeros((1, 2, 2, 2))]]
-    np.testing.assert_allclose(float(losses.feature_matching_loss(real, fake)), 0.5)
+def test_feature_matching_sums_layers_and_scales_and_psnr():
+    real = [[jnp.ones((1, 4, 4, 2)), jnp.full((1, 2, 2, 2), 0.5)], [jnp.ones((1, 2, 2, 2))]]
+    fake = [[jnp.zeros((1, 4, 4, 2)), jnp.zeros((1, 2, 2, 2))], [jnp.zeros((1, 2, 2, 2))]]
+    np.testing.assert_allclose(float(losses.feature_matching_loss(real, fake)), 1.0 + 0.5 + 1.0)
     target = jnp.zeros((1, 4, 4, 3))
     np.testing.assert_allclose(float(losses.psnr(target + 0.1, target)[0]), 20.0, rtol=1e-5)
+
+
+def test_psnr_inside_a_mask_sees_only_the_masked_pixels():
+    target = jnp.zeros((2, 4, 4, 3))
+    prediction = target.at[:, :2].set(0.1).at[:, 2:].set(0.5)  # error 0.1 in the top half, 0.5 in the bottom
+    mask = jnp.zeros((2, 4, 4)).at[:, :2].set(1.0)
+    np.testing.assert_allclose(np.asarray(losses.psnr(prediction, target, mask=mask)), [20.0, 20.0], rtol=1e-5)
+    whole = 10 * np.log10(1 / (0.5 * 0.01 + 0.5 * 0.25))
+    np.testing.assert_allclose(np.asarray(losses.psnr(prediction, target)), [whole, whole], rtol=1e-5)
+
+
+def test_region_l1_averages_each_region_over_its_own_pixels():
+    target = jnp.zeros((2, 8, 8, 3))
+    prediction = jnp.full((2, 8, 8, 3), 0.1).at[0, 0, 0].set(0.9)  # error 0.9 on one pixel, 0.1 elsewhere
+    regions = np.zeros((2, 8, 8, 2), np.uint8)
+    regions[0, 0, 0, 0] = 1  # a one-pixel mouth in the first example (where the big error is)
+    regions[:, 4:, :, 1] = 1  # eyes: half of both images
+    loss = float(losses.region_l1(prediction, target, jnp.asarray(regions)))
+    np.testing.assert_allclose(loss, 0.9 + 0.1, rtol=1e-5)
+    # A region that is empty in the whole batch contributes nothing (no division by zero).
+    regions[..., 0] = 0
+    np.testing.assert_allclose(float(losses.region_l1(prediction, target, jnp.asarray(regions))), 0.1, rtol=1e-5)
+
+
+def test_expression_label_loss_scales_labels():
+    readout = jnp.array([[0.5, 1.0, 0.5, -0.25]])
+    labels = jnp.array([[0.5, 1.0, 10.0, -5.0]])  # gaze in degrees, scaled by 0.05
+    scales = (1.0, 1.0, 0.05, 0.05)
+    assert float(losses.expression_label_loss(readout, labels, scales)) < 1e-7
+    np.testing.assert_allclose(float(losses.expression_label_loss(readout + 0.2, labels, scales)), 0.04, rtol=1e-5)
 
 
 def test_head_pose_bin_loss_is_cross_entropy_of_the_label_bin():
@@ -80,3 +111,19 @@ def test_head_pose_bin_loss_is_cross_entropy_of_the_label_bin():
     wrong = jnp.zeros((1, 3, 66)).at[:, :, 10].set(50.0)
     grads = jax.grad(lambda lg: losses.head_pose_bin_loss(lg, labels))(wrong)
     assert float(grads[0, 0, 33]) < -0.1
+
+
+def test_layout_loss_rewards_overlap_with_the_small_maps():
+    layout = np.zeros((2, 16, 16, 3), np.uint8)
+    layout[0, 6:8, 6:10, 0] = 1  # an open mouth: 8 pixels of 512 in its map
+    layout[:, 3:5, 3:6, 1] = 1
+    target = jnp.asarray(layout)
+    exact = jnp.where(target > 0, 12.0, -12.0)
+    empty = jnp.full(target.shape, -12.0)
+    assert float(losses.layout_loss(exact, target)) < 2e-3  # the empty third map: Dice's +1 smoothing
+    # Predicting nothing is nearly free for cross-entropy on small maps; Dice makes it cost about one per map.
+    assert float(losses.layout_loss(empty, target)) > 0.6
+    shifted = jnp.roll(exact, 2, axis=2)
+    assert float(losses.layout_loss(exact, target)) < float(losses.layout_loss(shifted, target))
+    grads = jax.grad(lambda lg: losses.layout_loss(lg, target))(empty)
+    assert float(grads[0, 6, 6, 0]) < 0  # pushes the missed mouth pixel up

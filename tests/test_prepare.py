@@ -210,7 +210,11 @@ def test_horizontal_flip_mirrors_the_labels():
     item = {k: rng.integers(0, 255, (8, 8, 3), dtype=np.uint8) for k in ("source", "driving", "cross")}
     pose = np.array([10.0, 5.0, -3.0, 0.1, -0.2, 0.05], np.float32)
     item.update(source_pose=pose, driving_pose=pose + 1, cross_pose=pose - 1,
-                source_gaze=np.array([7.0, 2.0], np.float32), driving_gaze=np.array([-4.0, 1.0], np.float32))
+                source_gaze=np.array([7.0, 2.0], np.float32), driving_gaze=np.array([-4.0, 1.0], np.float32),
+                driving_regions=rng.integers(0, 2, (8, 8, 2), dtype=np.uint8),
+                driving_layout=rng.integers(0, 2, (8, 8, 3), dtype=np.uint8),
+                extra_frames=rng.integers(0, 255, (3, 8, 8, 3), dtype=np.uint8), extra_pose=np.stack([pose] * 3),
+                extra_gaze=np.array([[5.0, -1.0]] * 3, np.float32))
 
     class Always:  # a generator whose draws always flip
         def random(self):
@@ -221,6 +225,11 @@ def test_horizontal_flip_mirrors_the_labels():
     np.testing.assert_array_equal(out["cross"], item["cross"][:, ::-1])
     np.testing.assert_allclose(out["source_pose"], [-10.0, 5.0, 3.0, -0.1, -0.2, 0.05])
     np.testing.assert_allclose(out["driving_gaze"], [4.0, 1.0])
+    np.testing.assert_array_equal(out["driving_regions"], item["driving_regions"][:, ::-1])
+    np.testing.assert_array_equal(out["driving_layout"], item["driving_layout"][:, ::-1])
+    np.testing.assert_array_equal(out["extra_frames"], item["extra_frames"][:, :, ::-1])
+    np.testing.assert_allclose(out["extra_pose"][2], [-10.0, 5.0, 3.0, -0.1, -0.2, 0.05])
+    np.testing.assert_allclose(out["extra_gaze"][0], [-5.0, -1.0])
     jittered = prepared.augment_stage1(item, np.random.default_rng(1), flip=False, colour=0.3)
     assert not np.array_equal(jittered["source"], item["source"])
     np.testing.assert_array_equal(jittered["source_pose"], pose)
@@ -313,6 +322,14 @@ def test_stage1_source_reads_the_prepared_data(prepared_media):
     assert item["source"].dtype == np.uint8
     assert item["identity"] != item["cross_identity"]
     assert item["source_pose"].shape == (6,) and item["source_gaze"].shape == (2,)
+    # The driving frame's regions from its landmarks: a mouth below two eyes, each a few percent of the crop.
+    regions = item["driving_regions"]
+    assert regions.shape == (64, 64, 2) and 0.003 < regions[..., 0].mean() < 0.08 and 0.003 < regions[..., 1].mean()
+    assert np.nonzero(regions[..., 1])[0].mean() < np.nonzero(regions[..., 0])[0].mean()
+    with_extra = prepared.PreparedStage1Source(output, "train", resolution=64, pairs_per_record=3, extra_frames=4)
+    extra_item = with_extra[len(source) - 1]
+    assert extra_item["extra_frames"].shape == (4, 64, 64, 3) and extra_item["extra_eye_open"].shape == (4,)
+    np.testing.assert_array_equal(extra_item["driving"], item["driving"])
     from vasa_jax.data import synthetic
 
     synthetic_item = synthetic.SyntheticStage1Source(synthetic.SyntheticConfig(resolution=64))[0]

@@ -14,7 +14,9 @@ SMALL = dict(
     volume_channels=4, afe_num_res_blocks=1, kp_scale_factor=1.0, kp_base_channels=8, kp_num_down=2,
     kp_max_channels=16, kp_volume_depth=2, kp_volume_channels=8, kp_num_up=1, hpe_base_channels=8, hpe_num_down=2,
     hpe_max_channels=16, mfe_compress_channels=2, mfe_base_channels=8, mfe_max_channels=16, mfe_num_levels=1,
-    gen_channels=16, gen_num_res_blocks=1,
+    gen_channels=16, gen_num_res_blocks=1, dyn_base_channels=8, dyn_num_down=2, dyn_max_channels=16, dyn_hidden=16,
+    expression_code_dim=4, expression_channels=16, expression_map_channels=4, refine_base_channels=8,
+    refine_max_channels=16, refine_num_levels=2,
 )
 
 
@@ -33,7 +35,7 @@ def test_latent_shapes_and_output_range(model_and_params):
     images = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3))
     v_app, z_id, z_pose, z_dyn = model.apply(params, images, method=FaceLatentModel.encode)
     assert v_app.shape == (2, 4, 16, 16, 4)
-    assert z_id.shape == (2, 4, 3) and z_pose.shape == (2, 7) and z_dyn.shape == (2, 4, 3)
+    assert z_id.shape == (2, 4, 3) and z_pose.shape == (2, 7) and z_dyn.shape == (2, 3 * 4 + 4)
     assert np.all(np.abs(np.asarray(z_id)) <= 1.0)
     assert np.all(np.abs(np.asarray(z_pose[:, :3])) <= 99.0)
     out = model.apply(params, v_app, z_id, z_pose, z_dyn, z_pose[::-1], z_dyn[::-1], method=FaceLatentModel.decode)
@@ -60,7 +62,7 @@ def test_untrained_pose_heads_leave_canonical_keypoints_in_place(model_and_param
     images = jax.random.uniform(jax.random.key(2), (2, 32, 32, 3))
     z_pose, z_dyn = model.apply(params, images, method=FaceLatentModel.encode_motion)
     np.testing.assert_allclose(np.asarray(z_pose[:, 3:]), 0.0, atol=1e-7)  # translation and log-scale start at 0
-    np.testing.assert_allclose(np.asarray(z_dyn), 0.0, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(z_dyn[:, : 3 * 4]), 0.0, atol=1e-7)  # the deformations too
 
 
 def test_same_source_and_driving_keypoints_give_identity_flow():
@@ -71,7 +73,7 @@ def test_same_source_and_driving_keypoints_give_identity_flow():
     volume = jax.random.normal(jax.random.key(3), (2, 4, 16, 16, 4))
     z_id = jax.random.uniform(jax.random.key(4), (2, 4, 3), minval=-0.5, maxval=0.5)
     pose = jnp.array([[20.0, -10.0, 5.0, 0.1, -0.05, 0.0, 0.1], [-30.0, 5.0, 0.0, 0.0, 0.1, 0.0, -0.1]])
-    dyn = 0.05 * jax.random.normal(jax.random.key(5), (2, 4, 3))
+    dyn = 0.05 * jax.random.normal(jax.random.key(5), (2, 4 * 3))
     kp = keypoints_from_latents(z_id, pose, dyn)
     variables = mfe.init(jax.random.key(6), volume, kp, kp, pose, pose)
     flow, occlusion, mask = mfe.apply(variables, volume, kp, kp, pose, pose)
@@ -92,12 +94,13 @@ def test_keypoint_flows_send_rigidly_moving_points_to_their_source_position():
     dyn = jnp.asarray(rng.normal(0, 0.05, (2, 3, 3)), jnp.float32)
     pose_s = jnp.array([[25.0, -10.0, 5.0, 0.1, -0.05, 0.02, 0.1], [-15.0, 20.0, -8.0, 0.0, 0.1, 0.0, -0.2]])
     pose_d = jnp.array([[-20.0, 15.0, -5.0, -0.1, 0.05, 0.0, -0.15], [30.0, -5.0, 12.0, 0.05, 0.0, -0.1, 0.25]])
-    kp_s, kp_d = keypoints_from_latents(z_id, pose_s, dyn), keypoints_from_latents(z_id, pose_d, dyn)
+    flat = lambda deformation: deformation.reshape(deformation.shape[0], -1)  # z_dyn without an expression code
+    kp_s, kp_d = keypoints_from_latents(z_id, pose_s, flat(dyn)), keypoints_from_latents(z_id, pose_d, flat(dyn))
     canonical = jnp.asarray(rng.uniform(-0.6, 0.6, (5, 3)), jnp.float32)  # five arbitrary points
 
     def place(pose, k):  # the canonical points moved like keypoint k: [B, 5, 3]
         points = canonical[None] + jnp.zeros((2, 1, 3))
-        return keypoints_from_latents(points, pose, jnp.broadcast_to(dyn[:, k : k + 1], (2, 5, 3)))
+        return keypoints_from_latents(points, pose, flat(jnp.broadcast_to(dyn[:, k : k + 1], (2, 5, 3))))
 
     for k in range(3):
         driving_points, source_points = place(pose_d, k), place(pose_s, k)
@@ -115,7 +118,7 @@ def test_flow_follows_a_pure_translation():
     pose_s = jnp.array([[10.0, 5.0, -5.0, 0.0, 0.0, 0.0, 0.0]])
     shift = jnp.array([0.2, -0.1, 0.05])
     pose_d = pose_s.at[:, 3:6].add(shift)
-    zero = jnp.zeros((1, 4, 3))
+    zero = jnp.zeros((1, 4 * 3))
     kp_s, kp_d = keypoints_from_latents(z_id, pose_s, zero), keypoints_from_latents(z_id, pose_d, zero)
     variables = mfe.init(jax.random.key(9), volume, kp_s, kp_d, pose_s, pose_d)
     flow, _, mask = mfe.apply(variables, volume, kp_s, kp_d, pose_s, pose_d)
@@ -165,7 +168,7 @@ def test_image_plane_flows_follow_keypoints_and_rotation():
     from vasa_jax.models.stage1 import image_plane_flows, upsample_grid
 
     z_id = jnp.array([[[0.2, -0.1, 0.3], [-0.3, 0.25, -0.2]]])
-    zero = jnp.zeros((1, 2, 3))
+    zero = jnp.zeros((1, 2 * 3))
     pose_s = jnp.array([[0.0, 0.0, 0.0, 0.05, 0.0, 0.0, 0.0]])
     pose_d = jnp.array([[0.0, 0.0, 30.0, -0.05, 0.1, 0.0, 0.0]])
     kp_s, kp_d = keypoints_from_latents(z_id, pose_s, zero), keypoints_from_latents(z_id, pose_d, zero)
@@ -184,3 +187,20 @@ def test_image_plane_flows_follow_keypoints_and_rotation():
         np.testing.assert_allclose(linear, rotation, atol=1e-5)
     up = upsample_grid(jnp.asarray(identity)[None], 97)
     np.testing.assert_allclose(np.asarray(up[0]), np.asarray(ops.make_coordinate_grid_2d(97, 97)), atol=1e-6)
+
+
+def test_the_expression_code_reaches_the_pixels_without_moving_a_keypoint(model_and_params):
+    """z_dyn's expression code moves no keypoint (the warp is the same), yet the rendered image changes with it:
+    the generator renders expression itself. And the readout reads the code alone."""
+    model, variables = model_and_params
+    params = nn.unbox(variables)
+    images = jax.random.uniform(jax.random.key(7), (2, 32, 32, 3))
+    volume, z_id, pose, dyn = model.apply(params, images, method=FaceLatentModel.encode)
+    changed = dyn.at[:, 12:].add(1.0)  # the code only (4 keypoints x 3 deformations come first)
+    np.testing.assert_array_equal(np.asarray(keypoints_from_latents(z_id, pose, dyn)),
+                                  np.asarray(keypoints_from_latents(z_id, pose, changed)))
+    decode = lambda d: model.apply(params, volume, z_id, pose, dyn, pose, d, method=FaceLatentModel.decode)
+    assert float(jnp.abs(decode(changed) - decode(dyn)).max()) > 1e-3
+    read = lambda d: model.apply(params, d, method=FaceLatentModel.read_expression)
+    np.testing.assert_array_equal(np.asarray(read(dyn.at[:, :12].add(1.0))), np.asarray(read(dyn)))
+    assert float(jnp.abs(read(changed) - read(dyn)).max()) > 1e-3

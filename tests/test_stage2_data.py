@@ -88,11 +88,11 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
 @pytest.mark.slow
 def test_encode_motion_with_a_stage1_checkpoint(tmp_path):
     """The command line end to end: a (barely trained) stage-1 workdir encodes every synthetic clip into
-    [z_pose (7), z_dyn (3K)] per frame; a second run finds everything done."""
+    [z_pose (7), z_dyn (3K + E)] per frame; a second run finds everything done."""
     import subprocess
     import sys
 
-    from test_train_stage1 import ROOT, _train_command
+    from test_train_stage1 import ROOT, SMALL_MODEL, _train_command
 
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
     stage1 = tmp_path / "stage1"
@@ -103,6 +103,7 @@ def test_encode_motion_with_a_stage1_checkpoint(tmp_path):
     first = subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True, text=True)
     assert "(16 new)" in first.stdout, first.stdout  # 6 + 2 identities x 2 clips
     clip = motion.load_clip(str(output), "train", motion.list_clips(str(output), "train")[0])
-    assert clip["motion"].shape == (100, 7 + 3 * 4) and np.all(np.isfinite(clip["motion"]))
+    dynamics = 3 * SMALL_MODEL["num_keypoints"] + SMALL_MODEL["expression_code_dim"]  # z_dyn: deformations, code
+    assert clip["motion"].shape == (100, 7 + dynamics) and np.all(np.isfinite(clip["motion"]))
     second = subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True, text=True)
     assert "(0 new)" in second.stdout, second.stdout

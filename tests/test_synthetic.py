@@ -1,5 +1,6 @@
 """Tests of the procedural synthetic talking-heads dataset (pure numpy, fast)."""
 
+import dataclasses
 import pickle
 
 import numpy as np
@@ -205,10 +206,33 @@ def test_stage1_source():
     for key in ("identity", "cross_identity"):
         assert np.shape(item[key]) == () and item[key].dtype == np.int32, key
     assert int(item["identity"]) == 4 and int(item["cross_identity"]) != 4
+    assert item["driving_regions"].shape == (64, 64, 2) and item["driving_regions"].dtype == np.uint8
+    assert "extra_frames" not in item
     # Ground truth agrees with the clip the item came from.
     clip = S.get_clip(cfg, 4, 1)
     poses = S.pose_vector(clip.states)
     assert any(np.array_equal(item["source_pose"], p) for p in poses)
+    # The regions are those of the driving frame.
+    (driving_index,) = [i for i, p in enumerate(poses) if np.array_equal(item["driving_pose"], p)][:1]
+    _, labels = S.render_frames(clip.identity, clip.states[np.array([driving_index])], 64, return_labels=True)
+    np.testing.assert_array_equal(item["driving_regions"], S.face_regions(labels[0]))
+
+    # Extra labelled frames: their labels are those of frames of the same clip, half of them blinks when the clip
+    # blinks, and the pair is the same as without them.
+    with_extra = S.SyntheticStage1Source(dataclasses.replace(cfg, extra_frames=4), "train")
+    extra_item = with_extra[len(src) - 1]
+    assert extra_item["extra_frames"].shape == (4, 64, 64, 3) and extra_item["extra_pose"].shape == (4, 6)
+    assert extra_item["extra_gaze"].shape == (4, 2) and extra_item["extra_mouth_open"].shape == (4,)
+    for key in item:
+        np.testing.assert_array_equal(extra_item[key], item[key])
+    for pose in extra_item["extra_pose"]:
+        assert any(np.array_equal(pose, p) for p in poses)
+    blinking = dataclasses.replace(cfg, extra_frames=4, frames_per_clip=100)
+    for index in range(0, 40, 4):
+        picked = S.SyntheticStage1Source(blinking, "train")[index]
+        clip_eyes = S.get_clip(blinking, picked["identity"], (index // 4) % 2).states.eye_open
+        if (np.asarray(clip_eyes) < 0.5).any():
+            assert (picked["extra_eye_open"][:2] < 0.5).all()
 
     # Deterministic across instances, and picklable (for grain worker processes).
     again = pickle.loads(pickle.dumps(src))[len(src) - 1]

@@ -1,8 +1,18 @@
-"""Known-answer evaluation of stage 2 on synthetic data, and `python -m vasa_jax.evaluate`.
+"""Known-answer evaluation on synthetic data, and `python -m vasa_jax.evaluate`.
 
 The synthetic renderer opens the mouth by a fixed monotone function of the audio's loudness, so for held-out
-audio the true mouth opening is known. Linear probes fitted on the training clips read the mouth opening and
-the gaze out of a motion vector (whatever the motion latents are: stage-1 latents or the renderer's state).
+audio the true mouth opening is known.
+
+Judged from pixels (what a viewer sees; needs a trained pixel judge, `vasa_jax.judge`):
+  expression transfer (`expression_transfer`): stage 1 re-enacts a held-out portrait with the motion of every frame
+            of its clip; mouth and eye PSNR against copying the portrait, and the judge's mouth, eyes and gaze of
+            the re-enacted frames against its reading of the true ones.
+  lip sync  (`lip_sync_from_pixels`): the whole system animates a held-out portrait with held-out speech; the
+            judge's mouth opening of the video against the speech's true mouth opening, beside its baselines
+            (the judge on the true frames, another clip's speech, the audio condition nulled, the head pose alone)
+            and gaze control.
+On motion latents (stage 2 alone, `known_answer`): linear probes fitted on the training clips read the mouth
+opening and the gaze out of the non-pose part of a motion vector (stage-1 z_dyn, or the renderer's state).
   lip sync: Pearson correlation between the probe's mouth opening on the generated motion and the true mouth
             opening of the held-out audio; with the audio condition nulled it should vanish.
   gaze:     mean angular error between a requested main gaze and the probe's gaze on the generated motion
@@ -11,9 +21,13 @@ the gaze out of a motion vector (whatever the motion latents are: stage-1 latent
             (`window_seams`); no seam means a ratio of at most 1.
 
   python -m vasa_jax.evaluate --stage2 STAGE2_WORKDIR [--num_steps 50] [--max_clips 16]
+  python -m vasa_jax.evaluate --stage2 STAGE2_WORKDIR --stage1 STAGE1_WORKDIR --judge JUDGE_DIR [--num_steps 10]
+      (pixels: expression transfer and lip sync; a judge folder without a judge gets one trained)
 """
 
+import functools
 import json
+import os
 from typing import Dict
 
 import numpy as np
@@ -22,12 +36,16 @@ from vasa_jax.data import motion as motion_data
 
 
 def fit_linear_probe(features: np.ndarray, targets: np.ndarray, ridge: float = 1e-3):
-    """Least squares (with a small ridge) from features [N, M] to targets [N] or [N, D]: (weights, bias)."""
+    """Least squares (with a small ridge) from features [N, M] to targets [N] or [N, D]: (weights, bias). The
+    features are standardised for the fit, so the ridge shrinks every feature alike whatever its units (degrees
+    of pose beside latents of std 0.01 would otherwise leave the latents shrunk away)."""
     x = np.asarray(features, np.float64)
     y = np.asarray(targets, np.float64)
     mean_x, mean_y = x.mean(0), y.mean(0)
-    xc, yc = x - mean_x, y - mean_y
+    std_x = np.maximum(x.std(0), 1e-12)
+    xc, yc = (x - mean_x) / std_x, y - mean_y
     weights = np.linalg.solve(xc.T @ xc + ridge * len(x) * np.eye(x.shape[1]), xc.T @ yc)
+    weights = weights / (std_x[:, None] if weights.ndim == 2 else std_x)
     return weights, mean_y - mean_x @ weights
 
 
@@ -73,15 +91,28 @@ def window_seams(motions, window: int) -> Dict[str, float]:
             "seam_ratio": float(boundary.mean() / within.mean())}
 
 
+def expression_columns(root: str) -> slice:
+    """The columns of a motion dataset's motion vectors that are not head pose: the probes read the mouth and the
+    gaze from these only (the synthetic speakers nod with their speech, so a probe that may read the pose reads
+    the nodding)."""
+    source = motion_data.read_json(os.path.join(root, motion_data.MANIFEST)).get("motion_source")
+    pose_dims = {"ground_truth": 6, "stage1": 7}  # motion.ground_truth_motion; stage-1 z_pose
+    if source not in pose_dims:
+        raise ValueError(f"{root}: unknown motion source {source!r}")
+    return slice(pose_dims[source], None)
+
+
 def train_probes(root: str) -> Dict[str, tuple]:
     """Probes motion -> mouth opening and motion -> per-frame gaze, fitted on the train clips of a synthetic
-    motion dataset (which keeps the ground truth)."""
+    motion dataset (which keeps the ground truth), on the non-pose columns (`expression_columns`). Apply them
+    with `apply_probe(probe, motion[:, expression_columns(root)])`."""
+    columns = expression_columns(root)
     motions, mouths, gazes = [], [], []
     for name in motion_data.list_clips(root, "train"):
         clip = motion_data.load_clip(root, "train", name)
         if "mouth_open" not in clip or "frame_gaze" not in clip:
             raise ValueError(f"{root}: clip {name} has no ground truth; the known-answer test needs synthetic data")
-        motions.append(clip["motion"])
+        motions.append(clip["motion"][:, columns])
         mouths.append(clip["mouth_open"])
         gazes.append(clip["frame_gaze"])
     motions = np.concatenate(motions)
@@ -92,7 +123,7 @@ def train_probes(root: str) -> Dict[str, tuple]:
 def known_answer(sampler, root: str, num_steps: int = 50, max_clips: int = 16, seed: int = 0,
                  requested_gaze=(15.0, -8.0)) -> Dict[str, float]:
     """Lip-sync correlations (audio on / nulled) and gaze errors (gaze on / nulled) on held-out synthetic clips."""
-    probes = train_probes(root)
+    probes, columns = train_probes(root), expression_columns(root)
     names = motion_data.list_clips(root, "test")[:max_clips]
     if not names:
         raise ValueError(f"{root} has no test clips")
@@ -106,14 +137,14 @@ def known_answer(sampler, root: str, num_steps: int = 50, max_clips: int = 16, s
         generated = sampler.sample(audio, num_steps=num_steps, seed=seed + i)
         nulled = sampler.sample(audio, num_steps=num_steps, seed=seed + i, null_audio=True)
         true_mouth.append(clip["mouth_open"])
-        with_audio.append(apply_probe(probes["mouth"], generated))
-        without_audio.append(apply_probe(probes["mouth"], nulled))
-        fit_mouth.append(apply_probe(probes["mouth"], clip["motion"]))
+        with_audio.append(apply_probe(probes["mouth"], generated[:, columns]))
+        without_audio.append(apply_probe(probes["mouth"], nulled[:, columns]))
+        fit_mouth.append(apply_probe(probes["mouth"], clip["motion"][:, columns]))
         generated_motions.append(generated)
         steered = sampler.sample(audio, controls=Controls(gaze=np.asarray(requested_gaze)), num_steps=num_steps,
                                  seed=seed + i)
-        gaze_on.append(np.median(apply_probe(probes["gaze"], steered), axis=0))
-        gaze_off.append(np.median(apply_probe(probes["gaze"], generated), axis=0))
+        gaze_on.append(np.median(apply_probe(probes["gaze"], steered[:, columns]), axis=0))
+        gaze_off.append(np.median(apply_probe(probes["gaze"], generated[:, columns]), axis=0))
     true_mouth = np.concatenate(true_mouth)
     target = np.broadcast_to(np.asarray(requested_gaze, np.float64), (len(names), 2))
     return {
@@ -128,23 +159,246 @@ def known_answer(sampler, root: str, num_steps: int = 50, max_clips: int = 16, s
     }
 
 
+# ------------------------------------------------------------------------------------ pixel-judged measures
+# Stage 1 and the whole system judged from the frames they render, by the pixel judge (`vasa_jax.judge`): a network
+# with its own weights, trained only on true rendered frames with independent labels.
+
+
+def held_out_clips(data, count: int) -> list:
+    """`count` synthetic clips that no stage has trained on: clips of the TEST identities (which stage 1, stage 2 and
+    the judge never see) with clip indices past the dataset's own (speech never heard), cycling over identities."""
+    from vasa_jax.data import synthetic
+
+    ids = synthetic.identity_ids(data, "test")
+    return [synthetic.get_clip(data, int(ids[i % len(ids)]), data.clips_per_identity + i // len(ids))
+            for i in range(count)]
+
+
+def portrait_index(clip) -> int:
+    """The clip's most neutral frame (mouth closed, eyes open): the portrait a user would give."""
+    states = clip.states
+    return int(np.argmin(np.asarray(states.mouth_open) + 2.0 * (1.0 - np.asarray(states.eye_open))))
+
+
+def region_psnr(prediction: np.ndarray, target: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """PSNR [T] of uint8 frames [T, H, W, 3] against the target frames inside masks [T, H, W] (0/1)."""
+    error = np.mean((prediction.astype(np.float64) - target.astype(np.float64)) ** 2, axis=-1) / 255.0**2
+    mask = mask.astype(np.float64)
+    mse = (error * mask).sum(axis=(1, 2)) / np.maximum(mask.sum(axis=(1, 2)), 1.0)
+    return 10.0 * np.log10(1.0 / np.maximum(mse, 1e-10))
+
+
+def stage1_reenactor(workdir: str, batch_size: int = 25):
+    """(reenact, stage-1 config) from the latest checkpoint of a stage-1 workdir: reenact(source uint8 [S, S, 3],
+    driving uint8 [T, S, S, 3]) renders the source with the pose and dynamics of every driving frame, uint8;
+    with `own_dynamics=True` it keeps the source's own dynamics and takes only the driving pose (the baseline of
+    what pose alone renders)."""
+    import jax
+
+    from vasa_jax.models.stage1 import FaceLatentModel
+    from vasa_jax.train import checkpointing
+    from vasa_jax.train.stage1 import Stage1Task
+
+    config = checkpointing.read_config(workdir)
+    task = Stage1Task(config)
+    params, model = checkpointing.restore_state(workdir, task)["params"]["generator"], task.model
+    apply = lambda method, *args: model.apply({"params": params}, *args, method=method)
+
+    @functools.partial(jax.jit, static_argnums=2)
+    def render(source, driving, own_dynamics):
+        volume, z_id, pose_s, dyn_s = apply(FaceLatentModel.encode, source)
+        pose_d, dyn_d = apply(FaceLatentModel.encode_motion, driving)
+        tile = lambda x: jax.numpy.broadcast_to(x, (len(driving),) + x.shape[1:])
+        dyn_d = tile(dyn_s) if own_dynamics else dyn_d
+        image = apply(FaceLatentModel.decode, tile(volume), tile(z_id), tile(pose_s), tile(dyn_s), pose_d, dyn_d,
+                      tile(source))
+        return jax.numpy.round(jax.numpy.clip(image, 0.0, 1.0) * 255.0).astype(jax.numpy.uint8)
+
+    def reenact(source, driving, own_dynamics=False):
+        source = np.asarray(source, np.float32)[None] / 255.0
+        out = []
+        for start in range(0, len(driving), batch_size):
+            chunk = np.asarray(driving[start : start + batch_size], np.float32) / 255.0
+            n = len(chunk)
+            if n < batch_size:  # one compiled shape
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - n, axis=0)])
+            out.append(np.asarray(render(source, chunk, bool(own_dynamics)))[:n])
+        return np.concatenate(out)
+
+    return reenact, config
+
+
+def expression_transfer(reenact, judge, clips, resolution: int, expression_change: float = 0.5) -> Dict:
+    """Stage 1 alone, judged from pixels. For each clip the portrait frame (`portrait_index`) is re-enacted with the
+    motion of every frame of the clip (`reenact(source uint8 [S, S, 3], driving uint8 [T, S, S, 3])` -> uint8
+    [T, S, S, 3]) and compared with the true frames:
+      mouth (eye) PSNR gain over copying the portrait, inside the driving frame's mouth (eye) region, on the frames
+      whose mouth opening (eye openness) differs from the portrait's by more than `expression_change`;
+      the judge's mouth opening, eye openness and gaze of the re-enacted frames against its reading of the true
+      frames (Pearson r, pooled over all frames; per clip as well);
+      the same r with the portrait's own dynamics and only the driving pose (`own_dynamics`, the baseline of what
+      the head's motion alone renders: near 0 if expression reaches the pixels through z_dyn)."""
+    from vasa_jax.data import synthetic
+
+    pooled = {name: ([], [], []) for name in ("mouth_open", "eye_open", "gaze_theta", "gaze_phi")}
+    gains = {"mouth": [], "eyes": []}
+    per_clip = []
+    for clip in clips:
+        frames, labels = synthetic.render_clip(clip, resolution, return_labels=True)
+        regions = synthetic.face_regions(labels)
+        source = portrait_index(clip)
+        rendered = np.asarray(reenact(frames[source], frames))
+        copied = np.broadcast_to(frames[source], frames.shape)
+        truth = {"mouth": np.asarray(clip.states.mouth_open), "eyes": np.asarray(clip.states.eye_open)}
+        row = {"identity": int(clip.identity_id)}
+        for index, region in enumerate(("mouth", "eyes")):
+            changed = np.abs(truth[region] - truth[region][source]) > expression_change
+            gain = (region_psnr(rendered, frames, regions[..., index])
+                    - region_psnr(copied, frames, regions[..., index]))[changed]
+            gains[region].append(gain)
+            row[f"{region}_gain_db"] = float(gain.mean()) if len(gain) else None
+        judged, judged_true = judge.read(rendered), judge.read(frames)
+        judged_pose_only = judge.read(np.asarray(reenact(frames[source], frames, own_dynamics=True)))
+        for name, (ours, reference, pose_only) in pooled.items():
+            ours.append(judged[name])
+            reference.append(judged_true[name])
+            pose_only.append(judged_pose_only[name])
+            row[f"judge_r_{name}"] = pearson(judged[name], judged_true[name])
+        per_clip.append(row)
+    result = {"num_clips": len(clips), "num_frames": int(sum(len(c.states) for c in clips)), "per_clip": per_clip}
+    for region in ("mouth", "eyes"):
+        gain = np.concatenate(gains[region])
+        result[f"{region}_pairs"] = int(len(gain))
+        result[f"{region}_psnr_gain_over_copy_db"] = float(gain.mean()) if len(gain) else None
+    for name, (ours, reference, pose_only) in pooled.items():
+        result[f"judge_r_{name}"] = pearson(np.concatenate(ours), np.concatenate(reference))
+        result[f"judge_r_{name}_own_dynamics"] = pearson(np.concatenate(pose_only), np.concatenate(reference))
+    return result
+
+
+def pose_only_probe(data, num_identities: int = 32) -> tuple:
+    """A linear probe from the TRUE head pose (yaw, pitch, roll) to the mouth opening, fitted on clips of the train
+    identities: what nodding alone explains of the mouth (the synthetic speakers nod with their speech)."""
+    from vasa_jax.data import synthetic
+
+    poses, mouths = [], []
+    for identity_id in synthetic.identity_ids(data, "train")[:num_identities]:
+        for clip_index in range(data.clips_per_identity):
+            clip = synthetic.get_clip(data, int(identity_id), clip_index)
+            poses.append(synthetic.pose_vector(clip.states)[:, :3])
+            mouths.append(np.asarray(clip.states.mouth_open))
+    return fit_linear_probe(np.concatenate(poses), np.concatenate(mouths))
+
+
+def lip_sync_from_pixels(pipeline, judge, clips, data, num_steps: int = 10, seed: int = 0,
+                         requested_gaze=(15.0, -8.0)) -> Dict:
+    """The whole system judged from pixels, on held-out clips: each clip's portrait frame (`portrait_index`) is
+    animated with the clip's speech by `pipeline` (a `vasa_jax.generate.TalkingHeadPipeline`), and the judge reads
+    the generated frames. Per clip and as the mean over clips:
+      lip_sync_r               judge's mouth opening of the generated video vs the true mouth opening of the speech
+      ceiling_r                the judge on the true frames vs the same (the measure's ceiling)
+      mismatched_r             the generated video vs ANOTHER clip's true mouth opening (chance level)
+      audio_nulled_r           generated with the audio condition nulled vs the true mouth opening
+      pose_only_true_r         what the true head pose alone predicts of the mouth (`pose_only_probe`): nodding
+      pose_only_generated_r    the same probe on the judge's head pose of the generated video
+      mouth_std_ratio          std of the judge's mouth opening, generated over true frames
+      gaze_error_degrees       judge's gaze (median over frames) of a video generated with `requested_gaze` vs it,
+      gaze_error_degrees_gaze_nulled   and of the video generated without a gaze condition."""
+    from vasa_jax.data import synthetic
+    from vasa_jax.sampling import Controls
+
+    pose_probe = pose_only_probe(data)
+    rows, generated_mouths, true_mouths = [], [], []
+    for index, clip in enumerate(clips):
+        frames = synthetic.render_clip(clip, pipeline.resolution)
+        source = pipeline.encode_source(frames[portrait_index(clip)])
+        features = pipeline.audio_encoder(clip.audio)
+
+        def animate(**kwargs):
+            motion = pipeline.sampler.sample(features, num_steps=num_steps, seed=seed + index, **kwargs)
+            return judge.read(pipeline.render(source, motion))
+
+        generated, nulled = animate(), animate(null_audio=True)
+        steered = animate(controls=Controls(gaze=np.asarray(requested_gaze, np.float32)))
+        true_frames = judge.read(frames)
+        mouth = np.asarray(clip.states.mouth_open, np.float64)
+        gaze_of = lambda readings: np.median(np.stack([readings["gaze_theta"], readings["gaze_phi"]], -1), axis=0)
+        judged_pose = np.stack([generated["yaw"], generated["pitch"], generated["roll"]], -1)
+        rows.append({
+            "identity": int(clip.identity_id),
+            "lip_sync_r": pearson(generated["mouth_open"], mouth),
+            "ceiling_r": pearson(true_frames["mouth_open"], mouth),
+            "audio_nulled_r": pearson(nulled["mouth_open"], mouth),
+            "pose_only_true_r": pearson(apply_probe(pose_probe, synthetic.pose_vector(clip.states)[:, :3]), mouth),
+            "pose_only_generated_r": pearson(apply_probe(pose_probe, judged_pose), mouth),
+            "mouth_std_ratio": float(np.std(generated["mouth_open"]) / max(np.std(true_frames["mouth_open"]), 1e-9)),
+            "gaze_error_degrees": float(angular_error_degrees(gaze_of(steered)[None], [requested_gaze])[0]),
+            "gaze_error_degrees_gaze_nulled": float(
+                angular_error_degrees(gaze_of(generated)[None], [requested_gaze])[0]),
+        })
+        generated_mouths.append(generated["mouth_open"])
+        true_mouths.append(mouth)
+    for index, row in enumerate(rows):  # the generated video against the next clip's speech
+        other = true_mouths[(index + 1) % len(rows)]
+        n = min(len(other), len(generated_mouths[index]))
+        row["mismatched_r"] = pearson(generated_mouths[index][:n], other[:n])
+    keys = [k for k in rows[0] if k != "identity"]
+    result = {key: float(np.mean([row[key] for row in rows])) for key in keys}
+    result["lip_sync_r_pooled"] = pearson(np.concatenate(generated_mouths), np.concatenate(true_mouths))
+    result.update(num_clips=len(rows), num_steps=int(num_steps), requested_gaze=list(requested_gaze), per_clip=rows)
+    return result
+
+
+def from_pixels(stage1_dir: str, stage2_dir: str, judge, num_clips: int = 16, num_steps: int = 10,
+                seed: int = 0) -> Dict:
+    """Both pixel-judged evaluations of a stage-1 and a stage-2 workdir trained on synthetic data, on `num_clips`
+    held-out clips of the stage-1 config's synthetic dataset."""
+    from vasa_jax.generate import TalkingHeadPipeline
+    from vasa_jax.train.stage1 import synthetic_config
+
+    reenact, config = stage1_reenactor(stage1_dir)
+    if config.data.source != "synthetic":
+        raise ValueError(f"{stage1_dir} was trained on {config.data.source} data; the pixel judge knows synthetic")
+    data = synthetic_config(config)
+    if judge.resolution != data.resolution:
+        raise ValueError(f"the judge reads {judge.resolution}x{judge.resolution} frames, stage 1 renders "
+                         f"{data.resolution}x{data.resolution}")
+    clips = held_out_clips(data, num_clips)
+    pipeline = TalkingHeadPipeline.from_workdirs(stage1_dir, stage2_dir, crop="center")
+    return {
+        "expression_transfer": expression_transfer(reenact, judge, clips, data.resolution,
+                                                   config.train.expression_change),
+        "lip_sync": lip_sync_from_pixels(pipeline, judge, clips, data, num_steps=num_steps, seed=seed),
+    }
+
+
 def main(argv):
     del argv
-    from absl import flags
+    from absl import app, flags
 
     from vasa_jax.sampling import MotionSampler, params_from_workdir
 
     flags_ = flags.FLAGS
-    task, params = params_from_workdir(flags_.stage2)
-    sampler = MotionSampler.from_task(task, params)
-    result = known_answer(sampler, task.config.data.root, flags_.num_steps, flags_.max_clips)
-    print(json.dumps(result, indent=1))
+    if flags_.stage1:
+        from vasa_jax import judge as judge_lib
+
+        if not flags_.judge:
+            raise app.UsageError("--stage1 (evaluation from pixels) needs --judge, a pixel judge's folder")
+        judge = judge_lib.load_or_train(flags_.judge)
+        result = from_pixels(flags_.stage1, flags_.stage2, judge, flags_.max_clips, flags_.num_steps)
+    else:
+        task, params = params_from_workdir(flags_.stage2)
+        sampler = MotionSampler.from_task(task, params)
+        result = known_answer(sampler, task.config.data.root, flags_.num_steps, flags_.max_clips)
+    print(json.dumps(result, indent=1, default=float))
 
 
 if __name__ == "__main__":
     from absl import app, flags
 
     flags.DEFINE_string("stage2", None, "stage-2 training workdir", required=True)
+    flags.DEFINE_string("stage1", None, "stage-1 training workdir: evaluate from pixels (with --judge)")
+    flags.DEFINE_string("judge", None, "pixel judge folder (python -m vasa_jax.judge); trained there if empty")
     flags.DEFINE_integer("num_steps", 50, "DDIM steps")
     flags.DEFINE_integer("max_clips", 16, "held-out clips to evaluate")
     app.run(main)

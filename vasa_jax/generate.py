@@ -32,7 +32,7 @@ from vasa_jax.sampling import Controls, MotionSampler
 # half an analysis window (16 ms at 16 kHz) of them; 0.2 s is a wide safety margin, and the look-ahead a live
 # stream waits for beyond a window's own audio.
 FEATURE_MARGIN_SECONDS = 0.2
-POSE_DIM = 7  # z_pose: yaw, pitch, roll, translation (3), scale; the rest of a motion vector is z_dyn [K, 3]
+POSE_DIM = 7  # z_pose: yaw, pitch, roll, translation (3), scale; the rest of a motion vector is z_dyn
 # Emotion presets: one-hot directions of the emotion condition, by its size: the 8 classes of HSEmotion (real data)
 # or the 4 emotions of the synthetic heads.
 EMOTION_PRESETS = {
@@ -163,11 +163,11 @@ class TalkingHeadPipeline:
         if crop not in CROPS:
             raise GenerationError(f"crop {crop!r}: expected one of {CROPS}")
         self.crop, self.paste_back = crop, bool(paste_back)
-        num_kp = self.stage1_cfg.num_keypoints
-        if sampler.cfg.motion_dim != POSE_DIM + 3 * num_kp:
+        dyn_dim = self.stage1_cfg.dynamics_dim
+        if sampler.cfg.motion_dim != POSE_DIM + dyn_dim:
             raise GenerationError(
                 f"mismatched checkpoints: stage 2 generates {sampler.cfg.motion_dim}-d motion, the stage-1 model "
-                f"renders {POSE_DIM} + 3 x {num_kp} = {POSE_DIM + 3 * num_kp}")
+                f"renders {POSE_DIM} + {dyn_dim} = {POSE_DIM + dyn_dim}")
         if sampler.cfg.audio_dim != audio_encoder.feature_dim:
             raise GenerationError(f"mismatched audio encoder: stage 2 expects {sampler.cfg.audio_dim}-d features, "
                                   f"{audio_encoder!r} gives {audio_encoder.feature_dim}")
@@ -264,7 +264,7 @@ class TalkingHeadPipeline:
         return size, size
 
     def render(self, source: Mapping, motion: np.ndarray) -> np.ndarray:
-        """Frames uint8 [T, H, W, 3] for motion [T, 7 + 3K] (stage-1 units): the animated crop at `output_size`
+        """Frames uint8 [T, H, W, 3] for motion [T, 7 + dynamics_dim] (stage-1 units): the animated crop at `output_size`
         when set (bicubic resize of the stage-1 resolution), else at the stage-1 resolution; with paste-back, the
         whole photo at `frame_size`."""
         motion = np.asarray(motion, np.float32)
@@ -275,7 +275,7 @@ class TalkingHeadPipeline:
             n = len(chunk)
             if n < self.render_batch:  # one compiled shape
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.render_batch - n, axis=0)])
-            pose, dyn = chunk[:, :POSE_DIM], chunk[:, POSE_DIM:].reshape(len(chunk), -1, 3)
+            pose, dyn = chunk[:, :POSE_DIM], chunk[:, POSE_DIM:]
             frames.append(np.asarray(self._decode(latents, pose, dyn))[:n])
         if not frames:
             return np.zeros((0,) + self.frame_size(source) + (3,), np.uint8)

@@ -1,20 +1,25 @@
 """`python -m vasa_jax.quickstart`: the whole system on the embedded synthetic data, end to end.
 
-  1. stage 1 (configs/stage1.py:tiny) on synthetic 64x64 talking heads           WORKDIR/stage1
-  2. stage-1 motion latents + log-mel audio of every synthetic clip               WORKDIR/motion
-  3. stage 2 (configs/stage2.py:tiny) on those latents                            WORKDIR/stage2
-  4. a talking video of a held-out identity driven by held-out speech             WORKDIR/talking_head.mp4
-     with its contact sheet (WORKDIR/contact_sheet.png) and known-answer lip-sync score (WORKDIR/report.json)
+  1. the pixel judge (vasa_jax.judge) on true synthetic frames                      WORKDIR/judge
+  2. stage 1 (configs/stage1.py:tiny) on synthetic 64x64 talking heads              WORKDIR/stage1
+  3. stage-1 motion latents + log-mel audio of every synthetic clip                  WORKDIR/motion
+  4. stage 2 (configs/stage2.py:tiny) on those latents                               WORKDIR/stage2
+  5. a talking video of a held-out identity driven by held-out speech                WORKDIR/talking_head.mp4
+     with its contact sheet (WORKDIR/contact_sheet.png), and the evaluation from pixels on 16 held-out clips
+     (WORKDIR/report.json)
 
 Each stage is skipped when its output is already complete, so an interrupted run continues where it stopped
 (training stages resume from their last checkpoint).
 
-The lip-sync score is known-answer: the synthetic renderer opens the mouth by a known function of the speech's
-loudness. The generated video is re-encoded by stage 1, a linear probe fitted on the training clips reads the mouth
-opening out of the latents, and its correlation with the true mouth opening of the held-out speech is the score.
-The same probe on the stage-1 encoding of the true frames of that clip gives the ceiling of the measure.
+The scores are known-answer and judged from pixels: the synthetic renderer opens the mouth by a known function of
+the speech's loudness, and the judge, a small network with its own weights trained only on true rendered frames,
+reads the mouth opening (eye openness, gaze, head pose) of the generated frames. Lip sync is the correlation of the
+judged mouth opening of the video with the true mouth opening of the held-out speech, beside its baselines: the
+judge on the true frames (the ceiling), another clip's speech, the audio condition nulled, and the head pose alone
+(the synthetic speakers nod with their speech).
 """
 
+import dataclasses
 import json
 import os
 import time
@@ -26,21 +31,31 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/quickstart", "where every output goes")
 flags.DEFINE_integer("stage1_steps", None, "override the stage-1 step count (default: the tiny config's)")
 flags.DEFINE_integer("stage2_steps", None, "override the stage-2 step count (default: the tiny config's)")
+flags.DEFINE_integer("judge_steps", None, "override the pixel judge's training steps")
 flags.DEFINE_integer("num_steps", 50, "DDIM steps of the generated video")
+flags.DEFINE_integer("eval_clips", 16, "held-out clips of the evaluation from pixels")
+flags.DEFINE_integer("eval_num_steps", 10, "DDIM steps of the evaluation's videos")
 
 
-def contact_sheet(rows, path: str, every: int = 5, columns: int = 10) -> str:
-    """A PNG of `columns` frames (every `every`-th) per row, one row per labelled frame sequence."""
+def contact_sheet(rows, path: str, every: int = 3, columns: int = 16) -> str:
+    """A PNG of `columns` frames (every `every`-th) per row, one row per (label, frames, mouth opening) triple; a
+    bar under each frame shows the mouth opening (the truth for true frames, the judge's reading for generated
+    ones), so the sheet shows whether the mouth opens and closes with the speech."""
     from PIL import Image, ImageDraw
 
     size = rows[0][1].shape[1]
-    label_width = 90
-    sheet = Image.new("RGB", (label_width + columns * size, len(rows) * size), "white")
+    label_width, bar = 90, 12
+    height = size + bar
+    sheet = Image.new("RGB", (label_width + columns * size, len(rows) * height), "white")
     draw = ImageDraw.Draw(sheet)
-    for r, (label, frames) in enumerate(rows):
-        draw.text((4, r * size + size // 2 - 6), label, fill="black")
-        for c, frame in enumerate(frames[::every][:columns]):
-            sheet.paste(Image.fromarray(frame), (label_width + c * size, r * size))
+    for r, (label, frames, mouth) in enumerate(rows):
+        top = r * height
+        draw.text((4, top + size // 2 - 6), label, fill="black")
+        for c, index in enumerate(range(0, len(frames), every)[:columns]):
+            left = label_width + c * size
+            sheet.paste(Image.fromarray(frames[index]), (left, top))
+            width = int(round(np.clip(mouth[index], 0.0, 1.0) * (size - 4)))
+            draw.rectangle([left + 2, top + size + 3, left + 2 + width, top + size + bar - 3], fill=(200, 40, 40))
     sheet.save(path)
     return path
 
@@ -51,6 +66,7 @@ def main(argv):
     from configs import stage1 as stage1_config
     from configs import stage2 as stage2_config
     from vasa_jax import evaluate
+    from vasa_jax import judge as judge_lib
     from vasa_jax.audio import make_audio_encoder
     from vasa_jax.data import synthetic
     from vasa_jax.data.encode_motion import build, manifest_for, stage1_motion_fn
@@ -60,19 +76,25 @@ def main(argv):
     from vasa_jax.video import write_mp4
 
     workdir = os.path.abspath(FLAGS.workdir)
-    paths = {name: os.path.join(workdir, name) for name in ("stage1", "motion", "stage2")}
+    paths = {name: os.path.join(workdir, name) for name in ("judge", "stage1", "motion", "stage2")}
     started = time.time()
     say = lambda message: print(f"[{(time.time() - started) / 60:5.1f} min] {message}", flush=True)
 
     config1 = stage1_config.get_config("tiny")
     if FLAGS.stage1_steps:
         config1.train.num_steps = FLAGS.stage1_steps
-    say(f"1/4 stage 1: {config1.train.num_steps} steps -> {paths['stage1']}")
+    data = synthetic_config(config1)
+    say(f"1/5 the pixel judge -> {paths['judge']}")
+    judge_config = judge_lib.JudgeConfig(resolution=data.resolution, dataset_seed=data.seed)
+    if FLAGS.judge_steps:
+        judge_config = dataclasses.replace(judge_config, num_steps=FLAGS.judge_steps)
+    judge = judge_lib.load_or_train(paths["judge"], judge_config, log=say)
+
+    say(f"2/5 stage 1: {config1.train.num_steps} steps -> {paths['stage1']}")
     stage1_eval = loop.train(config1, paths["stage1"])
 
-    say(f"2/4 encoding every synthetic clip with stage 1 -> {paths['motion']}")
+    say(f"3/5 encoding every synthetic clip with stage 1 -> {paths['motion']}")
     motion_fn, _ = stage1_motion_fn(paths["stage1"], batch_size=50)
-    data = synthetic_config(config1)
     audio_encoder = make_audio_encoder("log_mel")
     build(paths["motion"], motion_fn, audio_encoder, data, manifest_for("stage1", paths["stage1"], audio_encoder),
           log=say)
@@ -81,39 +103,40 @@ def main(argv):
     config2.data.root = paths["motion"]
     if FLAGS.stage2_steps:
         config2.train.num_steps = FLAGS.stage2_steps
-    say(f"3/4 stage 2: {config2.train.num_steps} steps -> {paths['stage2']}")
+    say(f"4/5 stage 2: {config2.train.num_steps} steps -> {paths['stage2']}")
     stage2_eval = loop.train(config2, paths["stage2"])
 
-    say("4/4 a talking video of a held-out identity with held-out speech")
-    # The portrait is a synthetic frame, already framed as the training data: no face crop.
+    say(f"5/5 a talking video of a held-out identity with held-out speech, and the evaluation from pixels on "
+        f"{FLAGS.eval_clips} held-out clips")
     pipeline = TalkingHeadPipeline.from_workdirs(paths["stage1"], paths["stage2"], crop="center")
-    identity_id = int(synthetic.identity_ids(data, "test")[0])
-    # A clip index past the dataset's clips: speech no stage has seen, of an identity no stage has trained on.
-    clip = synthetic.get_clip(data, identity_id, data.clips_per_identity)
+    (clip,) = evaluate.held_out_clips(data, 1)  # a test identity, speech past the dataset's clips: never seen
     true_frames = synthetic.render_clip(clip, data.resolution)
-    portrait = true_frames[0]
-    video = pipeline.generate(portrait, clip.audio, num_steps=FLAGS.num_steps, seed=0)
+    # The portrait is the clip's most neutral frame, already framed as the training data: no face crop.
+    video = pipeline.generate(true_frames[evaluate.portrait_index(clip)], clip.audio, num_steps=FLAGS.num_steps,
+                              seed=0)
     mp4 = write_mp4(os.path.join(workdir, "talking_head.mp4"), video.frames, audio=video.audio)
-
-    probes = evaluate.train_probes(paths["motion"])
-    encode = lambda frames: motion_fn(lambda: frames, None)
-    true_mouth = np.asarray(clip.states.mouth_open, np.float64)
+    sheet = contact_sheet([("true", true_frames, np.asarray(clip.states.mouth_open)),
+                           ("generated", video.frames, judge.read(video.frames)["mouth_open"])],
+                          os.path.join(workdir, "contact_sheet.png"))
+    pixels = evaluate.from_pixels(paths["stage1"], paths["stage2"], judge, FLAGS.eval_clips, FLAGS.eval_num_steps)
     report = {
-        "lip_sync_correlation": evaluate.pearson(evaluate.apply_probe(probes["mouth"], encode(video.frames)),
-                                                 true_mouth),
-        "lip_sync_correlation_true_frames": evaluate.pearson(
-            evaluate.apply_probe(probes["mouth"], encode(true_frames)), true_mouth),
-        "frames": int(len(video.frames)),
+        "lip_sync": pixels["lip_sync"],
+        "expression_transfer": pixels["expression_transfer"],
+        "judge_validation": judge.info.get("validation"),
+        "video_frames": int(len(video.frames)),
         "stage1_eval": stage1_eval,
         "stage2_eval": stage2_eval,
         "minutes": (time.time() - started) / 60,
     }
-    sheet = contact_sheet([("true", true_frames), ("generated", video.frames)],
-                          os.path.join(workdir, "contact_sheet.png"))
     with open(os.path.join(workdir, "report.json"), "w") as f:
         json.dump(report, f, indent=1, default=float)
-    say(f"lip sync (known answer): r = {report['lip_sync_correlation']:.2f} for the generated video; "
-        f"r = {report['lip_sync_correlation_true_frames']:.2f} for the true frames (the measure's ceiling)")
+    sync, transfer = report["lip_sync"], report["expression_transfer"]
+    say(f"lip sync judged from pixels ({sync['num_clips']} held-out clips, mean r): {sync['lip_sync_r']:.2f}; "
+        f"true frames (ceiling) {sync['ceiling_r']:.2f}; another clip's speech {sync['mismatched_r']:.2f}; "
+        f"audio nulled {sync['audio_nulled_r']:.2f}; head pose alone {sync['pose_only_true_r']:.2f}; generated "
+        f"mouth motion {sync['mouth_std_ratio']:.2f}x the true frames'")
+    say(f"stage 1 expression transfer: mouth {transfer['mouth_psnr_gain_over_copy_db']:+.2f} dB over copying the "
+        f"portrait; judge r mouth {transfer['judge_r_mouth_open']:.2f}, eyes {transfer['judge_r_eye_open']:.2f}")
     say(f"done. video {mp4}\n  contact sheet {sheet}\n  report {os.path.join(workdir, 'report.json')}\n"
         f"  stage-1 samples {os.path.join(paths['stage1'], 'samples')}\n  tensorboard --logdir {workdir}")
 

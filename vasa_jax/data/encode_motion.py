@@ -32,7 +32,7 @@ flags.DEFINE_integer("batch_size", 32, "frames per stage-1 encoder call")
 
 
 def stage1_motion_fn(workdir: str, batch_size: int):
-    """(motion_fn, stage-1 config): the latest checkpoint of a stage-1 workdir as frames -> [T, 7 + 3K]."""
+    """(motion_fn, stage-1 config): the latest checkpoint of a stage-1 workdir as frames -> [T, 7 + dynamics_dim]."""
     import jax
     import numpy as np
 

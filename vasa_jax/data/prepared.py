@@ -26,7 +26,7 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
-from vasa_jax.data import atomic, face
+from vasa_jax.data import atomic, face, regions
 
 DATASET_NAME = "talking_heads"
 DATASET_VERSION = "1.0.0"
@@ -199,15 +199,16 @@ _TAG_PAIR = 0x5E1A
 class PreparedStage1Source:
     """grain RandomAccessDataSource of (source, driving, cross) frames from the prepared dataset, with the same keys
     and units as `vasa_jax.data.synthetic.SyntheticStage1Source` (gaze in degrees; eye_open and mouth_open are
-    the landmark ratios of `vasa_jax.data.face`, not the renderer's [0, 1] controls).
+    the landmark ratios of `vasa_jax.data.face`, not the renderer's [0, 1] controls; the driving frame's mouth
+    and eye regions and its layout come from its landmarks; `extra_frames` more frames of the record with their labels).
 
     Item i belongs to record i // pairs_per_record; source and driving are random frames of that record where
     the face was found; cross is such a frame of a record of another identity (of the same split)."""
 
     def __init__(self, root: str, split: str = "train", resolution: int = 256, pairs_per_record: int = 50,
-                 seed: int = 0):
+                 seed: int = 0, extra_frames: int = 0):
         self.root, self.split, self.resolution = root, split, resolution
-        self.pairs_per_record, self.seed = pairs_per_record, seed
+        self.pairs_per_record, self.seed, self.extra_frames = pairs_per_record, seed, int(extra_frames)
         self.records = load_index(root)["records"].get(split, [])
         self._data = open_split(root, split)
         if len(self._data) != len(self.records):
@@ -238,10 +239,28 @@ class PreparedStage1Source:
         source, driving = self._frames(rng, record, 2)
         (cross,) = self._frames(rng, cross_record, 1)
         image = lambda r, i: _resized(decode_frame(r, int(i)), self.resolution)
+        stored_driving = decode_frame(record, int(driving))  # landmarks are in the pixels of the stored crop
         f32 = np.float32
-        return {
+        extra = {}
+        if self.extra_frames:
+            frames = self._frames(rng, record, self.extra_frames)
+            # Half of them from the record's blinks (lids under 60% of its median openness), if it has any: too rare
+            # for the encoder to learn them from uniformly drawn frames.
+            openness = np.asarray(record["eye_open"], np.float64)
+            blinks = np.flatnonzero(record["face_found"] & (openness < 0.6 * np.median(openness)))
+            if len(blinks):
+                half = self.extra_frames // 2
+                frames[:half] = blinks[frames[:half] % len(blinks)]
+            extra = {
+                "extra_frames": np.stack([image(record, i) for i in frames]),
+                "extra_pose": record["pose"][frames].astype(f32),
+                "extra_gaze": record["gaze"][frames].astype(f32),
+                "extra_eye_open": record["eye_open"][frames].astype(f32),
+                "extra_mouth_open": record["mouth_open"][frames].astype(f32),
+            }
+        return extra | {
             "source": image(record, source),
-            "driving": image(record, driving),
+            "driving": _resized(stored_driving, self.resolution),
             "cross": image(cross_record, cross),
             "source_pose": record["pose"][source].astype(f32),
             "driving_pose": record["pose"][driving].astype(f32),
@@ -252,6 +271,10 @@ class PreparedStage1Source:
             "driving_eye_open": f32(record["eye_open"][driving]),
             "source_mouth_open": f32(record["mouth_open"][source]),
             "driving_mouth_open": f32(record["mouth_open"][driving]),
+            "driving_regions": regions.from_landmarks(record["landmarks"][driving], self.resolution,
+                                                      stored_driving.shape[0]),
+            "driving_layout": regions.layout_from_landmarks(record["landmarks"][driving], self.resolution,
+                                                            stored_driving.shape[0]),
             "identity": np.int32(record["identity_index"]),
             "cross_identity": np.int32(cross_record["identity_index"]),
         }
@@ -280,10 +303,13 @@ def _colour_jitter(images: List[np.ndarray], rng, strength: float) -> List[np.nd
 def augment_stage1(item: Dict[str, np.ndarray], rng: np.random.Generator, flip: bool = True,
                    colour: float = 0.1) -> Dict[str, np.ndarray]:
     """Training augmentation of a stage-1 item: a horizontal flip (p = 0.5) of the source/driving pair together
-    and, independently, of the cross frame, with their pose and gaze labels mirrored; and one colour jitter for
-    the pair, another for the cross frame. Geometry between source and driving is never changed."""
+    and, independently, of the cross frame and of the extra frames, with their pose and gaze labels mirrored; and
+    one colour jitter for the pair, another for the cross frame, another for the extra frames. Geometry between
+    source and driving is never changed."""
     item = dict(item)
     if flip and rng.random() < 0.5:
+        for name in ("driving_regions", "driving_layout"):
+            item[name] = np.ascontiguousarray(item[name][:, ::-1])
         for name in ("source", "driving"):
             item[name] = np.ascontiguousarray(item[name][:, ::-1])
             item[f"{name}_pose"] = item[f"{name}_pose"] * _FLIP_POSE
@@ -291,7 +317,14 @@ def augment_stage1(item: Dict[str, np.ndarray], rng: np.random.Generator, flip: 
     if flip and rng.random() < 0.5:
         item["cross"] = np.ascontiguousarray(item["cross"][:, ::-1])
         item["cross_pose"] = item["cross_pose"] * _FLIP_POSE
+    has_extra = "extra_frames" in item
+    if has_extra and flip and rng.random() < 0.5:
+        item["extra_frames"] = np.ascontiguousarray(item["extra_frames"][:, :, ::-1])
+        item["extra_pose"] = item["extra_pose"] * _FLIP_POSE
+        item["extra_gaze"] = item["extra_gaze"] * _FLIP_GAZE
     if colour > 0:
         item["source"], item["driving"] = _colour_jitter([item["source"], item["driving"]], rng, colour)
         (item["cross"],) = _colour_jitter([item["cross"]], rng, colour)
+        if has_extra:
+            item["extra_frames"] = np.stack(_colour_jitter(list(item["extra_frames"]), rng, colour))
     return item

@@ -51,6 +51,8 @@ __all__ = [
     "render_frame",
     "render_frames",
     "render_clip",
+    "face_regions",
+    "face_layout",
     "frame_loudness",
     "loudness_to_mouth_open",
     "pose_vector",
@@ -770,6 +772,24 @@ def _paint_mouth(identity, p, x, y, z, face, alb, lab):
     _put(alb, lab, teeth, [0.90, 0.88, 0.82], LABELS["teeth"])
 
 
+def face_regions(labels: np.ndarray) -> np.ndarray:
+    """Mouth and eye region masks [..., H, W, 2] uint8 of rendered frames from their labels [..., H, W]
+    (`vasa_jax.data.regions`): the mouth is its interior, teeth and lips; the eyes are sclera, iris and lids."""
+    from vasa_jax.data import regions
+
+    return regions.from_labels(labels, (LABELS["mouth"], LABELS["teeth"], LABELS["lips"]),
+                               (LABELS["sclera"], LABELS["iris"], LABELS["eyelid"]))
+
+
+def face_layout(labels: np.ndarray) -> np.ndarray:
+    """The layout [..., H, W, 3] uint8 of rendered frames (`vasa_jax.data.regions.LAYOUT_NAMES`): the mouth's
+    interior (with the teeth), the eyes' opening (sclera and iris), the irises."""
+    from vasa_jax.data import regions
+
+    return regions.layout_from_labels(labels, (LABELS["mouth"], LABELS["teeth"]), (LABELS["sclera"], LABELS["iris"]),
+                                      (LABELS["iris"],))
+
+
 def render_clip(clip: "Clip", resolution: int, **kwargs):
     """Renders every frame of ``clip``: uint8 [T, H, W, 3] (plus labels with return_labels)."""
     return render_frames(clip.identity, clip.states, resolution, **kwargs)
@@ -999,6 +1019,7 @@ class SyntheticConfig:
     resolution: int = 64
     seed: int = 0
     pairs_per_clip: int = 50
+    extra_frames: int = 0  # per stage-1 item: more frames of the clip with their labels, for the label losses
 
 
 def identity_ids(config: SyntheticConfig, split: str = "train") -> np.ndarray:
@@ -1032,7 +1053,11 @@ class SyntheticStage1Source:
     Item ``i`` belongs to clip ``i // pairs_per_clip`` (identity ``clip // clips_per_identity`` of
     the split); source and driving are uniform random frames of that clip, cross is a random
     frame of a random clip of another identity of the same split. Only those three frames are
-    rendered. Poses are ``[yaw, pitch, roll, tx, ty, log(scale)]``, gaze ``[theta, phi]``.
+    rendered. Poses are ``[yaw, pitch, roll, tx, ty, log(scale)]``, gaze ``[theta, phi]``; ``driving_regions`` are
+    the driving frame's mouth and eye masks [H, W, 2] (``face_regions``), ``driving_layout`` its layout
+    [H, W, 3] (``face_layout``). With ``extra_frames`` > 0 an item also
+    holds that many more frames of the clip with their labels (``extra_frames`` [N, H, W, 3], ``extra_pose``,
+    ``extra_gaze``, ``extra_eye_open``, ``extra_mouth_open``), which only the label losses see.
     """
 
     def __init__(self, config: SyntheticConfig, split: str = "train"):
@@ -1068,15 +1093,32 @@ class SyntheticStage1Source:
         cross_clip = int(rng.integers(c.clips_per_identity))
         cross_f = int(rng.integers(c.frames_per_clip))
 
+        extra_f = rng.integers(c.frames_per_clip, size=c.extra_frames)
+
         clip = get_clip(c, identity_id, clip_index)
         xclip = get_clip(c, cross_id, cross_clip)
         two = clip.states[np.array([src_f, drv_f])]
-        images = render_frames(clip.identity, two, c.resolution)
+        images, labels = render_frames(clip.identity, two, c.resolution, return_labels=True)
         cross_state = xclip.states[np.array([cross_f])]
         cross = render_frames(xclip.identity, cross_state, c.resolution)[0]
         pose = pose_vector(two)
         f32 = np.float32
-        return {
+        extra = {}
+        if c.extra_frames:
+            # Half of them from the clip's blinks, if it has any: eyes are closed in a few percent of frames, too
+            # rare for the encoder to learn them from uniformly drawn ones.
+            blinks = np.flatnonzero(np.asarray(clip.states.eye_open) < 0.5)
+            if len(blinks):
+                extra_f[: c.extra_frames // 2] = blinks[extra_f[: c.extra_frames // 2] % len(blinks)]
+            states = clip.states[extra_f]
+            extra = {
+                "extra_frames": render_frames(clip.identity, states, c.resolution),
+                "extra_pose": pose_vector(states),
+                "extra_gaze": np.stack([states.gaze_theta, states.gaze_phi], -1).astype(f32),
+                "extra_eye_open": np.asarray(states.eye_open, f32),
+                "extra_mouth_open": np.asarray(states.mouth_open, f32),
+            }
+        return extra | {
             "source": images[0],
             "driving": images[1],
             "cross": cross,
@@ -1089,6 +1131,8 @@ class SyntheticStage1Source:
             "driving_eye_open": f32(two.eye_open[1]),
             "source_mouth_open": f32(two.mouth_open[0]),
             "driving_mouth_open": f32(two.mouth_open[1]),
+            "driving_regions": face_regions(labels[1]),
+            "driving_layout": face_layout(labels[1]),
             "identity": np.int32(identity_id),
             "cross_identity": np.int32(cross_id),
         }

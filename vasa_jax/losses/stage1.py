@@ -30,6 +30,30 @@ def pyramid_l1(prediction, target, num_scales: int):
     return sum(l1(p, t) for p, t in zip(image_pyramid(prediction, num_scales), image_pyramid(target, num_scales)))
 
 
+def region_l1(prediction, target, regions):
+    """Mean absolute error inside each region, summed over regions: `regions` [B, H, W, R] are 0/1 masks (the
+    mouth and the eyes, `vasa_jax.data.regions`). Each region's error is averaged over the pixels it covers in the
+    whole batch, so a small open mouth weighs as much as a large one per pixel."""
+    error = jnp.abs(prediction.astype(jnp.float32) - target.astype(jnp.float32)).mean(axis=-1)  # [B, H, W]
+    masks = regions.astype(jnp.float32)
+    covered = jnp.sum(masks, axis=(0, 1, 2))  # [R]
+    return jnp.sum(jnp.einsum("bhw,bhwr->r", error, masks) / jnp.maximum(covered, 1.0))
+
+
+def layout_loss(logits, layout):
+    """The predicted face layout (logits [B, H, W, M]) against the frame's layout maps (0/1, [B, H, W, M]): per-pixel
+    sigmoid cross-entropy plus a soft Dice term per map over the batch. The maps are small (an open mouth is about 1%
+    of the image), and cross-entropy alone first learns to predict nothing; Dice measures the overlap whatever the
+    size. A map empty in the whole batch adds nothing to the Dice term when the prediction is empty too."""
+    logits = logits.astype(jnp.float32)
+    target = layout.astype(jnp.float32)
+    cross_entropy = jnp.mean(jnp.maximum(logits, 0) - logits * target + jnp.log1p(jnp.exp(-jnp.abs(logits))))
+    prob = jax.nn.sigmoid(logits)
+    overlap = jnp.sum(prob * target, axis=(0, 1, 2))
+    dice = 1.0 - (2.0 * overlap + 1.0) / (jnp.sum(prob, axis=(0, 1, 2)) + jnp.sum(target, axis=(0, 1, 2)) + 1.0)
+    return cross_entropy + jnp.mean(dice)
+
+
 def perceptual_loss(
     features_fn: Callable[[jax.Array], Mapping[str, jax.Array]],
     prediction,
@@ -67,11 +91,11 @@ def hinge_generator_loss(fake_logits: Sequence[jax.Array]):
 
 def feature_matching_loss(real_features: Sequence[Sequence[jax.Array]], fake_features: Sequence[Sequence[jax.Array]]):
     """L1 between the discriminator's intermediate features of real and generated images (real side frozen),
-    averaged over layers and summed over scales."""
+    summed over layers and scales (face-vid2vid and first-order-motion-model sum them)."""
     total = 0.0
     for real_scale, fake_scale in zip(real_features, fake_features):
-        per_layer = [l1(fake, jax.lax.stop_gradient(real)) for real, fake in zip(real_scale, fake_scale)]
-        total = total + sum(per_layer) / len(per_layer)
+        for real, fake in zip(real_scale, fake_scale):
+            total = total + l1(fake, jax.lax.stop_gradient(real))
     return total
 
 
@@ -98,11 +122,12 @@ def keypoint_prior_loss(keypoints, min_distance: float = 0.1, mean_depth: float 
 
 
 def head_pose_loss(z_pose, pose_labels, valid=None):
-    """L1 between predicted and pseudo-label yaw, pitch, roll, in radians (z_pose and labels hold degrees).
+    """face-vid2vid's head-pose loss: L1 between predicted and pseudo-label yaw, pitch and roll in DEGREES, summed
+    over the three angles and averaged over examples.
 
     `valid` ([B], optional) masks out examples without a label.
     """
-    error = jnp.abs(jnp.deg2rad(z_pose[:, :3] - pose_labels[:, :3])).mean(axis=-1)
+    error = jnp.abs(z_pose[:, :3] - pose_labels[:, :3]).sum(axis=-1)
     if valid is None:
         return jnp.mean(error)
     valid = valid.astype(error.dtype)
@@ -122,9 +147,21 @@ def head_pose_bin_loss(bin_logits, pose_labels, valid=None):
     return jnp.sum(nll * valid) / jnp.maximum(jnp.sum(valid), 1.0)
 
 
+def expression_label_loss(readout, labels, scales):
+    """Weak supervision of the expression latents: squared error between the linear readout of z_dyn [B, L] and
+    the frames' labels [B, L] (mouth opening, eye openness, gaze; `models.stage1.EXPRESSION_LABELS`) times `scales`
+    [L] (which bring degrees and ratios to comparable units), averaged over labels and examples. Squared, not
+    absolute: an L1 readout settles on the median, which for eye openness (closed in a few percent of frames) is
+    'open' whatever the image shows."""
+    target = labels.astype(jnp.float32) * jnp.asarray(scales, jnp.float32)
+    return jnp.mean(jnp.square(readout.astype(jnp.float32) - target))
+
+
 def deformation_prior_loss(z_dyn):
-    """Mean |delta|: expression deformations should stay small so that pose explains rigid motion."""
-    return jnp.mean(jnp.abs(z_dyn))
+    """face-vid2vid's deformation prior: the L1 norm of each frame's expression deformations [B, K, 3] (summed over
+    keypoints and coordinates), averaged over frames; deformations should stay small so that pose explains rigid
+    motion."""
+    return jnp.mean(jnp.sum(jnp.abs(z_dyn.astype(jnp.float32)), axis=(1, 2)))
 
 
 def pairwise_transfer_loss(pose_transferred, dynamics_transferred):
@@ -143,7 +180,12 @@ def identity_loss(embed_fn: Callable[[jax.Array], jax.Array], reference, reenact
     return jnp.mean(1.0 - cosine)
 
 
-def psnr(prediction, target, max_value: float = 1.0):
-    """Per-example PSNR in dB, [B]."""
-    mse = jnp.mean((prediction.astype(jnp.float32) - target.astype(jnp.float32)) ** 2, axis=(1, 2, 3))
+def psnr(prediction, target, max_value: float = 1.0, mask=None):
+    """Per-example PSNR in dB, [B]; with `mask` [B, H, W] (0/1) only over the pixels it covers."""
+    squared = jnp.mean((prediction.astype(jnp.float32) - target.astype(jnp.float32)) ** 2, axis=-1)  # [B, H, W]
+    if mask is None:
+        mse = jnp.mean(squared, axis=(1, 2))
+    else:
+        mask = mask.astype(jnp.float32)
+        mse = jnp.sum(squared * mask, axis=(1, 2)) / jnp.maximum(jnp.sum(mask, axis=(1, 2)), 1.0)
     return 10.0 * jnp.log10(max_value**2 / jnp.maximum(mse, 1e-10))

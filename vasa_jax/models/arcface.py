@@ -293,6 +293,19 @@ def _module(layers: tuple[int, ...], num_features: int, dtype, precision) -> IRe
     return IResNet(layers=layers, num_features=num_features, dtype=dtype, precision=precision)
 
 
+def crop_square(images: jax.Array, box) -> jax.Array:
+    """The square `box` = (centre x, centre y, side), in fractions of the image side, cut out of square images
+    [B, S, S, 3] (whole pixels; e.g. `vasa_jax.data.face.ARCFACE_BOX_IN_CROP`, ArcFace's aligned face in the
+    training crop)."""
+    size = images.shape[1]
+    cx, cy, side = (float(v) * size for v in box)
+    half = max(1, int(round(side / 2)))
+    x0, y0 = int(round(cx)) - half, int(round(cy)) - half
+    if x0 < 0 or y0 < 0 or x0 + 2 * half > images.shape[2] or y0 + 2 * half > size:
+        raise ValueError(f"box {box} reaches outside the {images.shape[2]}x{size} image")
+    return images[:, y0 : y0 + 2 * half, x0 : x0 + 2 * half]
+
+
 def arcface_embed(
     params: Mapping[str, Any],
     images: jax.Array,

@@ -3,15 +3,18 @@
 An image I (float, [B, H, W, 3] in [0, 1]) is encoded into
   V_app  [B, D, h, w, C]  appearance volume         (AppearanceFeatureExtractor)
   z_id   [B, K, 3]        canonical 3D keypoints    (CanonicalKeypointDetector)
-  z_pose [B, 7]           yaw, pitch, roll (degrees), tx, ty, tz, log-scale   (HeadPoseExpressionEstimator)
-  z_dyn  [B, K, 3]        expression deformations   (HeadPoseExpressionEstimator)
+  z_pose [B, 7]           yaw, pitch, roll (degrees), tx, ty, tz, log-scale   (HeadPoseEstimator)
+  z_dyn  [B, 3K + E]      facial dynamics: keypoint deformations and an expression code   (DynamicsEncoder)
 and rendered by
   decode(V_app_s, z_id_s, z_pose_s, z_dyn_s, z_pose_d, z_dyn_d) -> image showing the source identity with the
   driving pose and dynamics.
 The source pose and dynamics enter the decoder because V_app is the *posed* source volume: the motion field maps
 driving-space points back to source-space points through both keypoint sets, as in face-vid2vid.
 
-Keypoints: x = exp(log_s) * (x_c @ R(yaw, pitch, roll) + delta) + t.
+Keypoints: x = exp(log_s) * (x_c @ R(yaw, pitch, roll) + delta) + t, delta the deformation part of z_dyn.
+Expression reaches the pixels along two paths: the keypoint deformations move the warp, and the generator is
+modulated by z_dyn (ExpressionEncoder: FiLM codes and features placed at the driving keypoints), which can render
+what no warp of the source holds (an open mouth's interior, closed lids, moved irises).
 Warps use align_corners=True so that coordinate grids from `ops.make_coordinate_grid_3d` (linspace(-1, 1)) hit
 voxel centres exactly: an identical source and driving pose is an exact identity warp.
 """
@@ -38,6 +41,12 @@ from vasa_jax.models.layers import (
 
 NUM_POSE_BINS = 66
 POSE_DIM = 7  # yaw, pitch, roll, tx, ty, tz, log_scale
+# What the expression readout reads linearly out of z_dyn (weak supervision by the data's per-frame labels, as the
+# head pose is supervised by its pseudo-labels): mouth opening, eye openness, gaze theta and phi.
+EXPRESSION_LABELS = ("mouth_open", "eye_open", "gaze_theta", "gaze_phi")
+# The face layout the generator predicts of the driving frame and renders from (vasa_jax.data.regions.LAYOUT_NAMES):
+# the mouth's interior, the eyes' opening, the irises.
+NUM_LAYOUT_MAPS = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,10 +71,20 @@ class Stage1ModelConfig:
     kp_volume_channels: int = 64
     kp_num_up: int = 2
     kp_temperature: float = 0.1
-    # Head pose / expression estimator.
+    # Head pose estimator.
     hpe_base_channels: int = 64
     hpe_num_down: int = 4
     hpe_max_channels: int = 512
+    # Dynamics encoder (z_dyn), independent of the pose estimator as in VASA-1: a shared trunk was dominated by the
+    # pose terms and never learned the mouth (expression readout r = 0.14 after 1000 tiny steps).
+    dyn_base_channels: int = 32
+    dyn_num_down: int = 5
+    dyn_max_channels: int = 256
+    dyn_hidden: int = 256
+    # z_dyn = [keypoint deformations (3K), expression code (this many)]. The code reaches only the generator's
+    # expression path and the expression readout: labels supervise it without the warp's geometry pulling at it
+    # (supervising the deformations themselves fought the reconstruction terms; readout r = 0.08 after 250 steps).
+    expression_code_dim: int = 16
     # Motion field estimator.
     mfe_compress_channels: int = 4
     mfe_base_channels: int = 32
@@ -76,6 +95,16 @@ class Stage1ModelConfig:
     # Generator.
     gen_channels: int = 512
     gen_num_res_blocks: int = 6
+    # Expression into the image-building stage (every variant): an MLP turns the driving dynamics and their change
+    # from the source into a code that modulates (FiLM) every residual and upsampling block of the generator, and
+    # per-keypoint features of that code are placed at the driving keypoints' image positions as extra input
+    # channels. A warp of the source cannot open a closed mouth or close an eye; this path can.
+    expression_channels: int = 256
+    expression_map_channels: int = 16
+    # The generator's refiner: a 2D U-Net at the image resolution (base channels, widest, levels).
+    refine_base_channels: int = 32
+    refine_max_channels: int = 128
+    refine_num_levels: int = 4
     # Image-space skip path (off in face-vid2vid's design, the 256/512 default): a 2D motion network warps the
     # source *image* by the keypoints' image-plane motion, and the generator blends that warped image with its
     # own output through a predicted mask, so unchanged texture need not be re-synthesised from the volume. It
@@ -89,6 +118,11 @@ class Stage1ModelConfig:
     @property
     def volume_size(self) -> int:
         return self.image_size // 2**self.afe_num_down
+
+    @property
+    def dynamics_dim(self) -> int:
+        """Size of a flat z_dyn: 3 per keypoint, then the expression code."""
+        return 3 * self.num_keypoints + self.expression_code_dim
 
     @classmethod
     def from_config(cls, config: Any) -> "Stage1ModelConfig":
@@ -148,10 +182,9 @@ class CanonicalKeypointDetector(nn.Module):
         return soft_argmax_3d(heatmaps, cfg.kp_temperature)
 
 
-class HeadPoseExpressionEstimator(nn.Module):
-    """Image -> z_pose [B, 7] (yaw, pitch, roll in degrees from 66-bin classification, translation, log-scale),
-    z_dyn [B, K, 3] (expression deformations) and the yaw/pitch/roll bin logits [B, 3, 66] (for the
-    classification part of the head-pose loss)."""
+class HeadPoseEstimator(nn.Module):
+    """Image -> z_pose [B, 7] (yaw, pitch, roll in degrees from 66-bin classification, translation, log-scale) and
+    the yaw/pitch/roll bin logits [B, 3, 66] (for the classification part of the head-pose loss)."""
 
     cfg: Stage1ModelConfig
 
@@ -167,8 +200,8 @@ class HeadPoseExpressionEstimator(nn.Module):
         # Flattened rather than averaged: where features sit in the image (nose vs. head outline) tells the pose.
         features = x.reshape(x.shape[0], -1)
         # Zero-initialised heads: the bin logits start uniform (a saturated softmax would stall the pose
-        # regression), and translation, scale and deformations start at zero, so an untrained model leaves the
-        # canonical keypoints in place.
+        # regression), and translation and scale start at zero, so an untrained model leaves the canonical
+        # keypoints in place.
         zero_dense = lambda n, name: Dense(n, name=name, zero_init=True)
         bin_logits = jnp.stack(
             [zero_dense(NUM_POSE_BINS, f"{name}_bins")(features) for name in ("yaw", "pitch", "roll")], axis=1
@@ -176,16 +209,46 @@ class HeadPoseExpressionEstimator(nn.Module):
         angles = ops.headpose_bins_to_degrees(bin_logits)  # [B, 3]
         translation = zero_dense(3, "translation")(features)
         log_scale = zero_dense(1, "log_scale")(features)
-        deformation = zero_dense(cfg.num_keypoints * 3, "deformation")(features)
-        z_pose = jnp.concatenate([angles, translation, log_scale], axis=-1)
-        z_dyn = deformation.reshape(-1, cfg.num_keypoints, 3)
-        return z_pose, z_dyn, bin_logits
+        return jnp.concatenate([angles, translation, log_scale], axis=-1), bin_logits
+
+
+class DynamicsEncoder(nn.Module):
+    """Image -> z_dyn [B, 3K + E]: the facial dynamics (mouth, eyes, gaze, brows: everything but the head's rigid
+    pose) as keypoint deformations and an expression code (`split_dynamics`). Its first convolution keeps the full
+    resolution, where an eye is a few pixels tall, and every convolution is group-normalised. The deformation head
+    is zero-initialised: an untrained model does not deform."""
+
+    cfg: Stage1ModelConfig
+
+    @nn.compact
+    def __call__(self, image):
+        cfg = self.cfg
+
+        def conv(x, channels, stride=1):
+            return nn.relu(GroupNorm(channels)(Conv(channels, 3, 2, stride=stride)(x)))
+
+        x = conv(image, cfg.dyn_base_channels)
+        for level in range(cfg.dyn_num_down):
+            channels = min(cfg.dyn_max_channels, cfg.dyn_base_channels * 2 ** (level + 1))
+            x = conv(conv(x, channels, stride=2), channels)
+        x = nn.relu(Dense(cfg.dyn_hidden)(x.reshape(x.shape[0], -1)))
+        deformation = Dense(cfg.num_keypoints * 3, name="deformation", zero_init=True)(x)
+        code = Dense(cfg.expression_code_dim, name="expression_code")(x)
+        return jnp.concatenate([deformation, code], axis=-1)
+
+
+def split_dynamics(z_dyn, num_keypoints: int):
+    """A flat z_dyn [B, 3K + E] -> (keypoint deformations [B, K, 3], expression code [B, E])."""
+    deformation = z_dyn[:, : 3 * num_keypoints].reshape(z_dyn.shape[0], num_keypoints, 3)
+    return deformation, z_dyn[:, 3 * num_keypoints :]
 
 
 def keypoints_from_latents(z_id, z_pose, z_dyn):
-    """Posed 3D keypoints [B, K, 3] from canonical keypoints, pose [B, 7] and deformations [B, K, 3]."""
+    """Posed 3D keypoints [B, K, 3] from canonical keypoints [B, K, 3], pose [B, 7] and z_dyn [B, 3K + E] (its
+    deformations)."""
     rotation = ops.rotation_matrix(z_pose[:, 0], z_pose[:, 1], z_pose[:, 2])
-    return ops.transform_keypoints(z_id, rotation, z_pose[:, 3:6], z_dyn, z_pose[:, 6])
+    deformation, _ = split_dynamics(z_dyn, z_id.shape[1])
+    return ops.transform_keypoints(z_id, rotation, z_pose[:, 3:6], deformation, z_pose[:, 6])
 
 
 def driving_to_source_jacobian(pose_source, pose_driving):
@@ -298,10 +361,7 @@ class ImageMotionEstimator(nn.Module):
         warped = ops.grid_sample_2d(tiled, flows.reshape(b * (k + 1), size, size, 2), align_corners=True)
         warped = warped.reshape(b, k + 1, size, size, 3).transpose(0, 2, 3, 1, 4).reshape(b, size, size, -1)
 
-        points = ops.make_coordinate_grid_2d(size, size, jnp.float32)
-        gaussian = lambda kp: jnp.exp(
-            -0.5 * jnp.sum((points[None, :, :, None] - kp[:, None, None, :, :2]) ** 2, -1) / cfg.mfe_keypoint_variance
-        )
+        gaussian = lambda kp: ops.keypoints_to_gaussian_2d(kp, size, cfg.mfe_keypoint_variance)
         heat = gaussian(kp_driving) - gaussian(kp_source)  # [B, s, s, K]
         heat = jnp.concatenate([jnp.zeros((b, size, size, 1)), heat], axis=-1)
 
@@ -316,38 +376,111 @@ class ImageMotionEstimator(nn.Module):
         return upsample_grid(grid, cfg.image_size)
 
 
-class Generator(nn.Module):
-    """Warps V_app by the dense flow, projects 3D -> 2D (depth folded into channels + conv), applies the occlusion
-    mask, residual blocks and upsampling back to the image resolution. With `gen_image_skip` the source image,
-    warped by `image_grid`, joins the last features and is blended into the output by a predicted mask."""
+class ExpressionEncoder(nn.Module):
+    """Driving dynamics and their change from the source's, z_dyn [B, 3K + E] each, with the expression readouts of
+    both [B, L] (`FaceLatentModel.read_expression`) -> the generator's modulation code [B, C] and per-keypoint
+    expression features [B, K, F] (placed at the keypoints by `expression_map`)."""
 
     cfg: Stage1ModelConfig
 
     @nn.compact
-    def __call__(self, volume, flow, occlusion, image_grid=None, source_image=None):
+    def __call__(self, dyn_source, dyn_driving, read_source, read_driving):
         cfg = self.cfg
+        b, k = dyn_driving.shape[0], cfg.num_keypoints
+        x = jnp.concatenate([dyn_driving, dyn_driving - dyn_source, read_driving, read_driving - read_source], -1)
+        x = nn.relu(Dense(cfg.expression_channels)(x))
+        code = nn.relu(Dense(cfg.expression_channels)(x))
+        per_keypoint = Dense(k * cfg.expression_map_channels, name="per_keypoint")(code)
+        return code, per_keypoint.reshape(b, k, cfg.expression_map_channels)
+
+
+def expression_map(per_keypoint, kp_driving, size, variance):
+    """Per-keypoint expression features [B, K, F] spread over the image plane [B, size, size, F] by Gaussians at the
+    driving keypoints' (x, y): a local signal where a mouth or an eye keypoint sits."""
+    heat = ops.keypoints_to_gaussian_2d(kp_driving, size, variance)
+    return jnp.einsum("bhwk,bkf->bhwf", heat, per_keypoint.astype(heat.dtype))
+
+
+class Modulation(nn.Module):
+    """FiLM by the expression code: x * (1 + scale(code)) + shift(code), per channel; zero-initialised, so it
+    starts as the identity."""
+
+    @nn.compact
+    def __call__(self, x, code):
+        scale, shift = jnp.split(Dense(2 * x.shape[-1], name="film", zero_init=True)(code), 2, axis=-1)
+        expand = lambda v: v.reshape((v.shape[0],) + (1,) * (x.ndim - 2) + (v.shape[-1],)).astype(x.dtype)
+        return x * (1.0 + expand(scale)) + expand(shift)
+
+
+class ModulatedResBlock(nn.Module):
+    """Pre-activation 2D residual block (GN-FiLM-ReLU-conv x2) that keeps the channel count."""
+
+    @nn.compact
+    def __call__(self, x, code):
+        channels = x.shape[-1]
+        h = nn.relu(Modulation()(GroupNorm(channels)(x), code))
+        h = Conv(channels, 3, 2)(h)
+        h = nn.relu(Modulation()(GroupNorm(channels)(h), code))
+        h = Conv(channels, 3, 2)(h)
+        return x + h
+
+
+class Generator(nn.Module):
+    """Warps V_app by the dense flow, projects 3D -> 2D (depth folded into channels + conv) together with the
+    expression map, applies the occlusion mask, residual blocks and upsampling back to the image resolution, all
+    modulated by the expression code. At the image resolution a 2D U-Net (the refiner) sees those features, the
+    expression map and code and, with `gen_image_skip`, the source image warped by `image_grid`; it predicts the
+    driving frame's face layout and renders the image from its features and that layout (blended with the warped
+    source through a predicted mask with `gen_image_skip`). The refiner works where the mouth and the eyes are
+    several pixels wide and sees the warped source's lips and lids in place, so opening a mouth or closing an eye
+    is a local edit for it; the volume path alone, at a quarter of the resolution, rendered them as a blur."""
+
+    cfg: Stage1ModelConfig
+
+    @nn.compact
+    def __call__(self, volume, flow, occlusion, expression, image_grid=None, source_image=None):
+        cfg = self.cfg
+        code, local, local_full, readouts = expression
         warped = ops.grid_sample_3d(volume, flow.astype(volume.dtype), align_corners=True)
         b, d, h, w, c = warped.shape
         x = warped.transpose(0, 2, 3, 1, 4).reshape(b, h, w, d * c)
-        x = Conv(cfg.gen_channels, 3, 2)(x)
+        x = Conv(cfg.gen_channels, 3, 2)(jnp.concatenate([x, local.astype(x.dtype)], axis=-1))
         x = nn.relu(GroupNorm(cfg.gen_channels)(x))
         x = Conv(cfg.gen_channels, 1, 2)(x)
         x = x * occlusion.astype(x.dtype)
         for _ in range(cfg.gen_num_res_blocks):
-            x = ResBlock(2)(x)
+            x = ModulatedResBlock()(x, code)
         for level in range(cfg.afe_num_down):
             x = UpBlock(max(16, cfg.gen_channels // 2 ** (level + 1)), 2)(x)
-        if not cfg.gen_image_skip:
-            return jax.nn.sigmoid(Conv(3, 7, 2, name="to_rgb")(x).astype(jnp.float32))
-        warped_source = ops.grid_sample_2d(
-            source_image.astype(jnp.float32), image_grid, align_corners=True, padding_mode="border"
-        )
-        x = jnp.concatenate([x, warped_source.astype(x.dtype)], axis=-1)
+            x = Modulation()(x, code)
+
+        size = x.shape[1]
+        # The code, and the readouts as they are: a calibrated "how open" (mouth, eyes) and gaze per image, which a
+        # convolution can turn into an opening at the lips or the lids it sees from the first steps on.
+        globals_ = jnp.concatenate([Dense(cfg.expression_map_channels, name="code_map")(code), readouts], axis=-1)
+        code_map = jnp.broadcast_to(globals_[:, None, None], (b, size, size, globals_.shape[-1]))
+        parts = [x, local_full.astype(x.dtype), code_map.astype(x.dtype)]
+        if cfg.gen_image_skip:
+            warped_source = ops.grid_sample_2d(
+                source_image.astype(jnp.float32), image_grid, align_corners=True, padding_mode="border"
+            )
+            parts.append(warped_source.astype(x.dtype))
+        x = Hourglass(ndim=2, base_channels=cfg.refine_base_channels, max_channels=cfg.refine_max_channels,
+                      num_levels=cfg.refine_num_levels, name="refiner")(jnp.concatenate(parts, axis=-1))
+        x = Modulation()(x, code)
+        # The driving frame's face layout (where the open mouth, the eye openings and the irises are), supervised
+        # with the data's layout maps and fed to the output layers: a dense target that ties z_dyn to pixels.
+        layout_logits = Conv(NUM_LAYOUT_MAPS, 3, 2, name="layout")(x).astype(jnp.float32)
+        self.sow("intermediates", "layout_logits", layout_logits)
+        x = jnp.concatenate([x, jax.nn.sigmoid(layout_logits).astype(x.dtype)], axis=-1)
         generated = jax.nn.sigmoid(Conv(3, 7, 2, name="to_rgb")(x).astype(jnp.float32))
-        # Training reads the volume path's own image (losses.generated_l1) so that the 3D motion keeps learning
+        if not cfg.gen_image_skip:
+            return generated
+        # Training reads the generator's own image (losses.generated_l1) so that the 3D motion keeps learning
         # where the blend already prefers the warped source.
         self.sow("intermediates", "generated", generated)
         blend = jax.nn.sigmoid(Conv(1, 7, 2, name="blend")(x).astype(jnp.float32))
+        self.sow("intermediates", "blend_weight", blend)  # the warped source's weight, for the evaluation's statistics
         return blend * warped_source + (1.0 - blend) * generated
 
 
@@ -361,37 +494,47 @@ class FaceLatentModel(nn.Module):
     def setup(self):
         self.appearance = AppearanceFeatureExtractor(self.cfg)
         self.keypoints = CanonicalKeypointDetector(self.cfg)
-        self.pose_expression = HeadPoseExpressionEstimator(self.cfg)
+        self.head_pose = HeadPoseEstimator(self.cfg)
+        self.dynamics = DynamicsEncoder(self.cfg)
         self.motion = MotionFieldEstimator(self.cfg)
         self.image_motion = ImageMotionEstimator(self.cfg) if self.cfg.gen_image_skip else None
+        self.expression = ExpressionEncoder(self.cfg)
         self.generator = Generator(self.cfg)
+        # Zero-initialising this readout would deadlock it with the zero-initialised deformation head (each one's
+        # gradient is the other's value), so it starts random.
+        self.expression_readout = Dense(len(EXPRESSION_LABELS), name="expression_readout")
 
     def encode(self, image):
         """image [B, H, W, 3] in [0, 1] -> (V_app, z_id, z_pose, z_dyn)."""
         self._check_image(image)
-        z_pose, z_dyn, _ = self.pose_expression(image)
-        return self.appearance(image), self.keypoints(image), z_pose, z_dyn
+        z_pose, _ = self.head_pose(image)
+        return self.appearance(image), self.keypoints(image), z_pose, self.dynamics(image)
 
     def encode_motion(self, image):
         """image -> (z_pose, z_dyn) only: what stage 2 models, and what driving frames need."""
         self._check_image(image)
-        return self.pose_expression(image)[:2]
+        return self.head_pose(image)[0], self.dynamics(image)
 
     def estimate_pose(self, image):
         """image -> (z_pose, z_dyn, pose bin logits [B, 3, 66]) (training needs the logits)."""
         self._check_image(image)
-        return self.pose_expression(image)
+        z_pose, bin_logits = self.head_pose(image)
+        return z_pose, self.dynamics(image), bin_logits
 
     def encode_appearance(self, image):
         """image -> (V_app, z_id): the source-only latents."""
         self._check_image(image)
         return self.appearance(image), self.keypoints(image)
 
-    def encode_keypoints(self, image):
-        """image -> posed 3D keypoints [B, K, 3] (used by the equivariance loss)."""
+    def encode_identity(self, image):
+        """image -> canonical keypoints z_id [B, K, 3] only."""
         self._check_image(image)
-        z_pose, z_dyn, _ = self.pose_expression(image)
-        return keypoints_from_latents(self.keypoints(image), z_pose, z_dyn)
+        return self.keypoints(image)
+
+    def read_expression(self, z_dyn):
+        """z_dyn [B, 3K + E] -> the linear readout of EXPRESSION_LABELS from its expression code [B, 4] (in the
+        loss's scaled units)."""
+        return self.expression_readout(split_dynamics(z_dyn, self.cfg.num_keypoints)[1])
 
     def decode(self, volume, z_id, pose_source, dyn_source, pose_driving, dyn_driving, source_image=None):
         """Render the source (V_app, z_id, posed by pose_source/dyn_source) with the driving pose and dynamics.
@@ -400,13 +543,21 @@ class FaceLatentModel(nn.Module):
         kp_source = keypoints_from_latents(z_id, pose_source, dyn_source)
         kp_driving = keypoints_from_latents(z_id, pose_driving, dyn_driving)
         flow, occlusion, _ = self.motion(volume, kp_source, kp_driving, pose_source, pose_driving)
+        # The readouts of z_dyn (mouth opening, eye openness, gaze: supervised by the data's labels) enter the
+        # generator beside z_dyn itself; they are a function of z_dyn, so stage 2 still only generates z_dyn.
+        read_source, read_driving = self.read_expression(dyn_source), self.read_expression(dyn_driving)
+        code, per_keypoint = self.expression(dyn_source, dyn_driving, read_source, read_driving)
+        local = expression_map(per_keypoint, kp_driving, volume.shape[2], self.cfg.mfe_keypoint_variance)
+        local_full = expression_map(per_keypoint, kp_driving, self.cfg.image_size, self.cfg.mfe_keypoint_variance)
+        readouts = jnp.concatenate([read_driving, read_driving - read_source], axis=-1)
+        expression = (code, local, local_full, readouts)
         if not self.cfg.gen_image_skip:
-            return self.generator(volume, flow, occlusion)
+            return self.generator(volume, flow, occlusion, expression)
         if source_image is None:
             raise ValueError("this model has the image-space skip path (gen_image_skip): decode needs source_image")
         self._check_image(source_image)
         image_grid = self.image_motion(source_image, kp_source, kp_driving, pose_source, pose_driving)
-        return self.generator(volume, flow, occlusion, image_grid, source_image)
+        return self.generator(volume, flow, occlusion, expression, image_grid, source_image)
 
     def __call__(self, source, driving):
         volume, z_id, pose_s, dyn_s = self.encode(source)

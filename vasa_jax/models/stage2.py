@@ -1,7 +1,7 @@
 """Stage 2: the motion diffusion transformer H(X_t, t, C) of VASA-1 (paper section 3.2).
 
-It predicts the clean motion window X_0 [B, W, M] (M = 7 pose values + 3K keypoint deformations, normalised)
-from the noisy window X_t, the diffusion step t and the conditions
+It predicts the clean motion window X_0 [B, W, M] (M = 7 pose values + z_dyn, the 3K keypoint deformations and
+the expression code; normalised) from the noisy window X_t, the diffusion step t and the conditions
   audio     [B, W, A]  per-frame audio features of the window (with a per-frame validity mask, so the tail of
                         the audio can be cut: shorter audio, and the random tail truncation of training)
   previous  [B, K, M] + [B, K, A]  the last K frames of the previous window's motion and audio

@@ -211,3 +211,13 @@ def keypoints_to_gaussian_volume(kp, spatial_shape, variance):
     gy = profile(height, kp[..., 1])
     gz = profile(depth, kp[..., 2])
     return gz[:, :, None, None, :] * gy[:, None, :, None, :] * gx[:, None, None, :, :]
+
+
+def keypoints_to_gaussian_2d(kp, size, variance):
+    """Gaussian heatmaps [B, size, size, K] of keypoints' image-plane positions (x, y of [B, K, 2 or 3]) on the
+    2D grid ``make_coordinate_grid_2d(size, size)``: exp(-0.5 * |grid - kp_xy|^2 / variance)."""
+    kp = jnp.asarray(kp).astype(jnp.result_type(kp.dtype, jnp.float32))
+    axis = _axis_coords(size, kp.dtype)
+    profile_x = jnp.exp(-0.5 * (axis[None, :, None] - kp[:, None, :, 0]) ** 2 / variance)  # [B, W, K]
+    profile_y = jnp.exp(-0.5 * (axis[None, :, None] - kp[:, None, :, 1]) ** 2 / variance)  # [B, H, K]
+    return profile_y[:, :, None, :] * profile_x[:, None, :, :]

@@ -10,6 +10,7 @@ A task gives the generic loop (`vasa_jax.train.loop`) everything model-specific:
   sample_grid(state)                 -> uint8 image for TensorBoard/PNG   (every process calls it)
 """
 
+import dataclasses
 import functools
 
 import jax
@@ -17,12 +18,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vasa_jax import ops
-from vasa_jax.data import prepared, synthetic
+from vasa_jax import evaluate, ops
+from vasa_jax.data import face, prepared, synthetic
+from vasa_jax.data import regions as regions_lib
 from vasa_jax.losses import stage1 as losses
 from vasa_jax.models import arcface, vgg19
 from vasa_jax.models.discriminator import MultiScaleDiscriminator
-from vasa_jax.models.stage1 import FaceLatentModel, Stage1ModelConfig
+from vasa_jax.models.stage1 import (
+    EXPRESSION_LABELS, FaceLatentModel, Stage1ModelConfig, keypoints_from_latents, split_dynamics,
+)
 from vasa_jax.train.loop import fixed_batch, training_iterator
 
 
@@ -40,8 +44,30 @@ def make_optimizer(learning_rate: float, end_learning_rate: float, warmup_steps:
     )
 
 
-def to_float_images(batch, keys=("source", "driving", "cross")):
-    return {k: batch[k].astype(jnp.float32) / 255.0 for k in keys}
+def to_float_images(batch, keys=("source", "driving", "cross", "extra_frames")):
+    return {k: batch[k].astype(jnp.float32) / 255.0 for k in keys if k in batch}
+
+
+def frame_labels(batch, frame: str, name: str):
+    """A label of the named frames of a batch ("source", "driving" or "extra"), one row per frame: [B, ...], or
+    [B * N, ...] for the N extra frames of each item."""
+    value = batch[f"{frame}_{name}"]
+    if frame == "extra":
+        value = value.reshape((-1,) + value.shape[2:])
+    return value
+
+
+def expression_labels(batch, frames):
+    """The per-frame labels the expression readout is supervised with, [rows, 4] in EXPRESSION_LABELS order, for
+    the named frames of a batch (`frame_labels`)."""
+    rows = []
+    for frame in frames:
+        gaze = frame_labels(batch, frame, "gaze")
+        label = lambda name: frame_labels(batch, frame, name)
+        rows.append(jnp.stack([label("mouth_open"), label("eye_open"), gaze[:, 0], gaze[:, 1]], -1))
+    labels = jnp.concatenate(rows).astype(jnp.float32)
+    assert labels.shape[-1] == len(EXPRESSION_LABELS)
+    return labels
 
 
 class Stage1Task:
@@ -111,9 +137,20 @@ class Stage1Task:
         b = source.shape[0]
         terms = {}
 
-        poses, dyns, pose_logits = apply(FaceLatentModel.estimate_pose, jnp.concatenate([source, driving, cross]))
-        pose_s, pose_d, pose_c = poses[:b], poses[b : 2 * b], poses[2 * b :]
-        dyn_s, dyn_d, dyn_c = dyns[:b], dyns[b : 2 * b], dyns[2 * b :]
+        # One encoder pass over every frame with labels (source, driving and the extra frames: data.extra_frames per
+        # item, which only the pose and expression-label losses see, so the encoders see many more faces per step
+        # than the decoder renders) and, when the identity loss needs its motion, the cross frame.
+        extra = images.get("extra_frames")
+        labelled = ("source", "driving") + (("extra",) if extra is not None else ())
+        frames = [source, driving] + ([extra.reshape((-1,) + extra.shape[2:])] if extra is not None else [])
+        num_labelled = sum(len(f) for f in frames)
+        if cfg.identity > 0:
+            frames.append(cross)
+        poses, dyns, pose_logits = apply(FaceLatentModel.estimate_pose, jnp.concatenate(frames))
+        pose_s, pose_d, pose_c = poses[:b], poses[b : 2 * b], poses[num_labelled:]
+        dyn_s, dyn_d, dyn_c = dyns[:b], dyns[b : 2 * b], dyns[num_labelled:]
+        labelled_pose, labelled_dyn = poses[:num_labelled], dyns[:num_labelled]
+        labelled_logits = pose_logits[:num_labelled]
         if cfg.pairwise_transfer > 0:
             volumes, ids = apply(FaceLatentModel.encode_appearance, jnp.concatenate([source, driving]))
             vol_s, vol_d, id_s, id_d = volumes[:b], volumes[b:], ids[:b], ids[b:]
@@ -140,9 +177,21 @@ class Stage1Task:
 
         if cfg.reconstruction_l1 > 0:
             terms["reconstruction_l1"] = losses.pyramid_l1(reconstruction, driving, cfg.reconstruction_scales)
-        if cfg.generated_l1 > 0:
+        generated = None
+        if self.model_cfg.gen_image_skip:
             generated = intermediates["intermediates"]["generator"]["generated"][0][:b]
+        if cfg.layout > 0:
+            layout_logits = intermediates["intermediates"]["generator"]["layout_logits"][0][:b]
+            terms["layout"] = losses.layout_loss(layout_logits, batch["driving_layout"])
+        if cfg.generated_l1 > 0:
             terms["generated_l1"] = losses.pyramid_l1(generated, driving, cfg.reconstruction_scales)
+        if cfg.region_l1 > 0:
+            # The mouth and the eyes, where expression shows; on the generator's own image (before the blend with the
+            # warped source) too, which is what can render an opening the warped source lacks.
+            regions = batch["driving_regions"]
+            terms["region_l1"] = losses.region_l1(reconstruction, driving, regions)
+            if generated is not None:
+                terms["region_l1"] = terms["region_l1"] + losses.region_l1(generated, driving, regions)
         if cfg.perceptual > 0:
             vgg = lambda x: self.perceptual_net.apply(frozen["vgg19"], x)
             terms["perceptual"] = losses.perceptual_loss(
@@ -161,21 +210,29 @@ class Stage1Task:
                 rng, b, sigma_affine=cfg.tps_sigma_affine, sigma_tps=cfg.tps_sigma_tps, points_tps=cfg.tps_points
             )
             warped = ops.tps_warp_image(tps, driving)
-            keypoints = apply(FaceLatentModel.encode_keypoints, jnp.concatenate([driving, warped]))
-            kp_driving, kp_warped = keypoints[:b], keypoints[b:]
+            # The driving frame's pose and dynamics are already estimated; only its canonical keypoints are new.
+            ids = apply(FaceLatentModel.encode_identity, jnp.concatenate([driving, warped]))
+            pose_w, dyn_w = apply(FaceLatentModel.encode_motion, warped)
+            kp_driving = keypoints_from_latents(ids[:b], pose_d, dyn_d)
+            kp_warped = keypoints_from_latents(ids[b:], pose_w, dyn_w)
             if cfg.equivariance > 0:
                 terms["equivariance"] = losses.equivariance_loss(kp_driving, kp_warped, tps)
             if cfg.keypoint_prior > 0:
                 terms["keypoint_prior"] = losses.keypoint_prior_loss(
                     kp_driving, cfg.keypoint_min_distance, cfg.keypoint_mean_depth
                 )
-        pose_labels = jnp.concatenate([batch["source_pose"], batch["driving_pose"]])
+        pose_labels = jnp.concatenate([frame_labels(batch, frame, "pose") for frame in labelled])
         if cfg.head_pose > 0:
-            terms["head_pose"] = losses.head_pose_loss(jnp.concatenate([pose_s, pose_d]), pose_labels)
+            terms["head_pose"] = losses.head_pose_loss(labelled_pose, pose_labels)
         if cfg.head_pose_bins > 0:
-            terms["head_pose_bins"] = losses.head_pose_bin_loss(pose_logits[: 2 * b], pose_labels)
+            terms["head_pose_bins"] = losses.head_pose_bin_loss(labelled_logits, pose_labels)
+        if cfg.expression_labels > 0:
+            readout = apply(FaceLatentModel.read_expression, labelled_dyn)
+            terms["expression_labels"] = losses.expression_label_loss(
+                readout, expression_labels(batch, labelled), cfg.expression_label_scales)
         if cfg.deformation_prior > 0:
-            terms["deformation_prior"] = losses.deformation_prior_loss(jnp.concatenate([dyn_s, dyn_d]))
+            deformation, _ = split_dynamics(labelled_dyn, self.model_cfg.num_keypoints)
+            terms["deformation_prior"] = losses.deformation_prior_loss(deformation)
         index = 1
         if cfg.pairwise_transfer > 0:
             pose_transferred = renders[index * b : (index + 1) * b]
@@ -184,7 +241,10 @@ class Stage1Task:
             terms["pairwise_transfer"] = losses.pairwise_transfer_loss(pose_transferred, dynamics_transferred)
         if cfg.identity > 0:
             reenacted = renders[index * b : (index + 1) * b]
-            embed = lambda x: arcface.arcface_embed(frozen["arcface"], x, self.config.feature_nets.arcface_depth)
+            # ArcFace sees the aligned face it was trained on, cut from the known framing of the training crop.
+            embed = lambda x: arcface.arcface_embed(
+                frozen["arcface"], arcface.crop_square(x, face.ARCFACE_BOX_IN_CROP),
+                self.config.feature_nets.arcface_depth)
             terms["identity"] = losses.identity_loss(embed, source, reenacted)
 
         total = sum(getattr(cfg, name) * value for name, value in terms.items())
@@ -246,12 +306,16 @@ class Stage1Task:
     def _source(self, split: str):
         data = self.config.data
         if data.source == "synthetic":
-            return synthetic.SyntheticStage1Source(synthetic_config(self.config), split)
+            config = synthetic_config(self.config)
+            if split != "train":  # held-out evaluation renders the pairs only
+                config = dataclasses.replace(config, extra_frames=0)
+            return synthetic.SyntheticStage1Source(config, split)
         if data.source == "prepared":
             if not data.root:
                 raise ValueError("data.source 'prepared' needs data.root: the --output folder of "
                                  "python -m vasa_jax.data.prepare")
-            return prepared.PreparedStage1Source(data.root, split, data.resolution, data.pairs_per_record, data.seed)
+            return prepared.PreparedStage1Source(data.root, split, data.resolution, data.pairs_per_record, data.seed,
+                                                 data.extra_frames if split == "train" else 0)
         raise ValueError(f"unknown data.source {data.source!r} for stage 1; available: 'synthetic', 'prepared'")
 
     def train_iterator(self, process_index: int, process_count: int):
@@ -270,50 +334,82 @@ class Stage1Task:
 
     # ------------------------------------------------------------------------------------------- evaluation
     def _reconstruct(self, gen_params, source, driving, cross):
-        """(reconstruction of driving, source re-enacted with cross's motion, predicted driving pose), as numpy.
-        The outputs are replicated so that every process of a multi-host run can read them."""
+        """(reconstruction of driving, source re-enacted with cross's motion, predicted driving pose, the warped
+        source's blend weight [B, H, W, 1] in the reconstruction (ones without the image skip path), the expression
+        readout of the driving frame [B, 4]), as numpy. The outputs are replicated so that every process of a
+        multi-host run can read them."""
         mesh = jax.tree.leaves(gen_params)[0].sharding.mesh
         return jax.device_get(self._reconstruct_jit(mesh)(gen_params, source, driving, cross))
 
     @functools.lru_cache(maxsize=2)
     def _reconstruct_jit(self, mesh):
         def reconstruct(gen_params, source, driving, cross):
-            apply = lambda method, *args: self.model.apply({"params": gen_params}, *args, method=method)
+            apply = lambda method, *args, **kw: self.model.apply({"params": gen_params}, *args, method=method, **kw)
             volume, z_id, pose_s, dyn_s = apply(FaceLatentModel.encode, source)
             pose, dyn = apply(FaceLatentModel.encode_motion, jnp.concatenate([driving, cross]))
             b = source.shape[0]
-            render = lambda p, d: apply(FaceLatentModel.decode, volume, z_id, pose_s, dyn_s, p, d, source)
-            return render(pose[:b], dyn[:b]), render(pose[b:], dyn[b:]), pose[:b]
+            render = lambda p, d, **kw: apply(FaceLatentModel.decode, volume, z_id, pose_s, dyn_s, p, d, source, **kw)
+            recon, intermediates = render(pose[:b], dyn[:b], mutable=["intermediates"])
+            blend = intermediates.get("intermediates", {}).get("generator", {}).get("blend_weight")
+            blend = blend[0] if blend is not None else jnp.ones(recon.shape[:3] + (1,), recon.dtype)
+            readout = apply(FaceLatentModel.read_expression, dyn[:b])
+            return recon, render(pose[b:], dyn[b:]), pose[:b], blend, readout
 
         return jax.jit(reconstruct, out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
     def evaluate(self, state) -> dict:
-        """Held-out reconstruction PSNR against the copy-the-source baseline, overall and on large-pose pairs."""
+        """Held-out reconstruction PSNR against the copy-the-source baseline: overall, on large-pose pairs, and
+        inside the mouth (eyes) on pairs whose mouth opening (eye openness) differs by more than
+        train.expression_change; the warped source's blend weight over the image, the mouth and the eyes; the
+        expression readout's correlation with the driving frames' labels."""
         batch = self.eval_batch
         images = {k: batch[k].astype(np.float32) / 255.0 for k in ("source", "driving", "cross")}
         gen_params = state["params"]["generator"]
-        recon_psnr, copy_psnr, pose_error = [], [], []
+        psnrs = {name: [] for name in ("recon", "copy", "recon_mouth", "copy_mouth", "recon_eyes", "copy_eyes")}
+        pose_error, blends, readouts = [], [], []
         chunk = self.config.data.batch_size
         for start in range(0, len(images["source"]), chunk):
             part = {k: v[start : start + chunk] for k, v in images.items()}
-            recon, _, pose = self._reconstruct(gen_params, part["source"], part["driving"], part["cross"])
-            recon_psnr.append(np.asarray(losses.psnr(recon, part["driving"])))
-            copy_psnr.append(np.asarray(losses.psnr(part["source"], part["driving"])))
+            regions = batch["driving_regions"][start : start + chunk]
+            recon, _, pose, blend, readout = self._reconstruct(
+                gen_params, part["source"], part["driving"], part["cross"])
+            for name, prediction in (("recon", recon), ("copy", part["source"])):
+                psnrs[name].append(np.asarray(losses.psnr(prediction, part["driving"])))
+                for index, region in enumerate(regions_lib.REGION_NAMES):
+                    psnrs[f"{name}_{region}"].append(
+                        np.asarray(losses.psnr(prediction, part["driving"], mask=regions[..., index])))
             pose_error.append(np.abs(np.asarray(pose)[:, :3] - batch["driving_pose"][start : start + chunk, :3]))
-        recon_psnr, copy_psnr = np.concatenate(recon_psnr), np.concatenate(copy_psnr)
+            blends.append(np.asarray(blend)[..., 0])
+            readouts.append(np.asarray(readout))
+        psnrs = {k: np.concatenate(v) for k, v in psnrs.items()}
+        blends, readouts = np.concatenate(blends), np.concatenate(readouts)
         pose_delta = np.abs(batch["source_pose"][:, :3] - batch["driving_pose"][:, :3]).max(axis=-1)
         large = pose_delta > self.config.train.large_pose_degrees
         result = {
-            "psnr": float(recon_psnr.mean()),
-            "copy_source_psnr": float(copy_psnr.mean()),
+            "psnr": float(psnrs["recon"].mean()),
+            "copy_source_psnr": float(psnrs["copy"].mean()),
             "head_pose_mae_degrees": float(np.concatenate(pose_error).mean()),
-            "num_pairs": int(len(recon_psnr)),
+            "num_pairs": int(len(psnrs["recon"])),
             "num_large_pose_pairs": int(large.sum()),
+            "blend_image": float(blends.mean()),
         }
         if large.any():
-            result["psnr_large_pose"] = float(recon_psnr[large].mean())
-            result["copy_source_psnr_large_pose"] = float(copy_psnr[large].mean())
+            result["psnr_large_pose"] = float(psnrs["recon"][large].mean())
+            result["copy_source_psnr_large_pose"] = float(psnrs["copy"][large].mean())
             result["gain_over_copy_large_pose_db"] = result["psnr_large_pose"] - result["copy_source_psnr_large_pose"]
+        changes = {"mouth": "mouth_open", "eyes": "eye_open"}
+        for index, region in enumerate(regions_lib.REGION_NAMES):
+            mask = batch["driving_regions"][..., index].astype(np.float32)
+            result[f"blend_{region}"] = float((blends * mask).sum() / max(mask.sum(), 1.0))
+            label = changes[region]
+            changed = np.abs(batch[f"source_{label}"] - batch[f"driving_{label}"]) > self.config.train.expression_change
+            result[f"num_{region}_change_pairs"] = int(changed.sum())
+            if changed.any():
+                gain = psnrs[f"recon_{region}"][changed] - psnrs[f"copy_{region}"][changed]
+                result[f"gain_over_copy_{region}_db"] = float(gain.mean())
+        labels = np.asarray(expression_labels(batch, ("driving",)))
+        for index, name in enumerate(EXPRESSION_LABELS):
+            result[f"readout_r_{name}"] = evaluate.pearson(readouts[:, index], labels[:, index])
         return result
 
     def sample_grid(self, state, num_rows: int = 6) -> np.ndarray:
@@ -322,7 +418,7 @@ class Stage1Task:
         batch = {k: v[:num_rows] for k, v in self.eval_batch.items()}
         images = {k: batch[k].astype(np.float32) / 255.0 for k in ("source", "driving", "cross")}
         gen_params = state["params"]["generator"]
-        recon, reenacted, _ = self._reconstruct(gen_params, images["source"], images["driving"], images["cross"])
+        recon, reenacted = self._reconstruct(gen_params, images["source"], images["driving"], images["cross"])[:2]
         columns = [images["source"], images["driving"], np.asarray(recon), images["cross"], np.asarray(reenacted)]
         rows = [np.concatenate([c[i] for c in columns], axis=1) for i in range(len(images["source"]))]
         return (np.clip(np.concatenate(rows, axis=0), 0, 1) * 255).round().astype(np.uint8)
@@ -339,6 +435,7 @@ def synthetic_config(config) -> synthetic.SyntheticConfig:
         resolution=data.resolution,
         seed=data.seed,
         pairs_per_clip=data.pairs_per_clip,
+        extra_frames=data.extra_frames,
     )
 
 

@@ -1,0 +1,43 @@
+"""Expression reaches the pixels: the quickstart's tiny stage 1, trained once for this module on the synthetic heads,
+re-enacts held-out neutral portraits with the motion of their clips, and the pixel judge (its own weights, trained
+on true frames only) sees the mouth open in the rendered frames as in the true ones; with the portrait's own
+dynamics (the driving pose alone) it does not. A stage 1 whose expression stopped reaching the pixels (a decoder
+that only warps the portrait: the previous design scored r = 0.02 to 0.2 here) fails."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from vasa_jax import evaluate
+from vasa_jax.train.stage1 import synthetic_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 1000  # the quickstart's
+
+
+@pytest.fixture(scope="module")
+def transfer(tmp_path_factory, trained_judge):
+    workdir = str(tmp_path_factory.mktemp("stage1"))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    subprocess.run([sys.executable, "-m", "vasa_jax.train", "--config=configs/stage1.py:tiny",
+                    f"--workdir={workdir}", f"--config.train.num_steps={STEPS}", "--config.train.eval_every=1000000",
+                    "--config.train.sample_every=1000000", f"--config.train.checkpoint_every={STEPS}"],
+                   cwd=ROOT, env=env, check=True, capture_output=True)
+    reenact, config = evaluate.stage1_reenactor(workdir)
+    data = synthetic_config(config)
+    clips = evaluate.held_out_clips(data, 8)
+    return evaluate.expression_transfer(reenact, trained_judge, clips, data.resolution)
+
+
+@pytest.mark.slow
+def test_an_open_mouth_reaches_the_pixels(transfer):
+    """Measured with this configuration (1000 steps, 16 clips): mouth PSNR +2.7 dB over copying the portrait on the
+    frames whose mouth opens by more than 0.5, judged mouth r = 0.66, and -0.04 with the portrait's own dynamics;
+    the bounds below leave room for run-to-run spread."""
+    print({k: v for k, v in transfer.items() if k != "per_clip"})
+    assert transfer["mouth_pairs"] > 100
+    assert transfer["mouth_psnr_gain_over_copy_db"] > 1.5, transfer
+    assert transfer["judge_r_mouth_open"] > 0.45, transfer
+    assert abs(transfer["judge_r_mouth_open_own_dynamics"]) < 0.25, transfer
