@@ -96,9 +96,11 @@ def get_config(variant: str = ""):
         # against the data's layout maps: cross-entropy + Dice.
         layout=1.0,
         # Weak supervision of z_dyn: a linear readout of it against the frames' mouth opening, eye openness and
-        # gaze, each label times its scale (synthetic: [0, 1] openings, gaze degrees / 20).
+        # gaze, each label times its scale (synthetic: [0, 1] openings, gaze degrees / 20). The eyes count double:
+        # at 1.0 the tiny model's held-out readout of eye openness stayed at r = 0.2; at 2.0, with the dynamics
+        # encoder's GroupNorm at 8 groups, it reached 0.6.
         expression_labels=10.0,
-        expression_label_scales=(1.0, 1.0, 0.05, 0.05),
+        expression_label_scales=(1.0, 2.0, 0.05, 0.05),
         keypoint_min_distance=0.1,
         keypoint_mean_depth=0.33,
         tps_sigma_affine=0.05,
@@ -137,6 +139,10 @@ def get_config(variant: str = ""):
         # More frames of the same clip per item, with their labels, seen only by the encoder's pose and
         # expression-label losses (cheap: no decoder pass).
         extra_frames=0,
+        # Synthetic data: the chance that a driving or extra frame's mouth, eyes and gaze are drawn independently of
+        # its clip (where the mouth follows the speech, the head nods with it and blinks are rare), at the frame's
+        # pose. Held-out evaluation keeps the clips' own frames.
+        random_expression=0.5,
         eval_identities=32,
         eval_pairs=256,
         # prepared real videos (source="prepared")
@@ -272,5 +278,5 @@ def _make_tiny(config):
         extra_frames=4,
     )
     config.train.update(
-        num_steps=1000, log_every=25, eval_every=250, checkpoint_every=250, sample_every=250, keep_checkpoints=2
+        num_steps=1000, log_every=25, eval_every=500, checkpoint_every=250, sample_every=500, keep_checkpoints=2
     )

@@ -36,3 +36,14 @@ def test_angular_error_of_gaze_directions():
     np.testing.assert_allclose(evaluate.angular_error_degrees([[0.0, 0.0], [30.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]),
                                [0.0, 30.0], atol=1e-6)
     np.testing.assert_allclose(evaluate.angular_error_degrees([[0.0, 20.0]], [[0.0, -20.0]]), [40.0], atol=1e-6)
+
+
+def test_partial_correlation_removes_what_the_controls_explain():
+    rng = np.random.default_rng(0)
+    nod = rng.normal(size=2000)
+    mouth = nod + 0.3 * rng.normal(size=2000)  # the mouth moves with the nod, and a little on its own
+    reading_of_nod = nod + 0.01 * rng.normal(size=2000)  # a reading that only follows the nod
+    assert evaluate.pearson(reading_of_nod, mouth) > 0.9
+    assert abs(evaluate.partial_correlation(reading_of_nod, mouth, nod[:, None])) < 0.1
+    reading_of_mouth = mouth + 0.01 * rng.normal(size=2000)
+    assert evaluate.partial_correlation(reading_of_mouth, mouth, nod[:, None]) > 0.9

@@ -234,6 +234,20 @@ def test_stage1_source():
         if (np.asarray(clip_eyes) < 0.5).any():
             assert (picked["extra_eye_open"][:2] < 0.5).all()
 
+    # Expression drawn independently of the clip: the source and every pose stay the clip's, the driving and extra
+    # frames' mouth/eyes/gaze labels are redrawn, and the pixels are those of the redrawn state.
+    redrawn = S.SyntheticStage1Source(dataclasses.replace(cfg, extra_frames=4, random_expression=1.0), "train")
+    redrawn_item = redrawn[len(src) - 1]
+    for key in ("source", "source_pose", "driving_pose", "source_mouth_open", "source_gaze", "extra_pose"):
+        np.testing.assert_array_equal(redrawn_item[key], extra_item[key])
+    changed = [not np.array_equal(redrawn_item[k], extra_item[k])
+               for k in ("driving_mouth_open", "driving_gaze", "extra_mouth_open", "extra_gaze", "driving")]
+    assert all(changed), changed
+    drawn_state = clip.states[np.array([driving_index])].replace(
+        gaze_theta=redrawn_item["driving_gaze"][None, 0], gaze_phi=redrawn_item["driving_gaze"][None, 1],
+        eye_open=redrawn_item["driving_eye_open"][None], mouth_open=redrawn_item["driving_mouth_open"][None])
+    np.testing.assert_array_equal(redrawn_item["driving"], S.render_frames(clip.identity, drawn_state, 64)[0])
+
     # Deterministic across instances, and picklable (for grain worker processes).
     again = pickle.loads(pickle.dumps(src))[len(src) - 1]
     assert set(again) == set(item)

@@ -61,6 +61,14 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / denominator) if denominator > 0 else 0.0
 
 
+def partial_correlation(a: np.ndarray, b: np.ndarray, controls: np.ndarray) -> float:
+    """Pearson correlation of a [N] and b [N] with the linear effect of controls [N, C] removed from both: what
+    relates a to b beyond what the controls explain."""
+    design = np.concatenate([np.asarray(controls, np.float64).reshape(len(a), -1), np.ones((len(a), 1))], axis=1)
+    residual = lambda v: v - design @ np.linalg.lstsq(design, np.asarray(v, np.float64), rcond=None)[0]
+    return pearson(residual(a), residual(b))
+
+
 def angular_error_degrees(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Angle between gaze directions given as (theta, phi) in degrees (theta: yaw-like, phi: pitch-like)."""
 
@@ -296,6 +304,8 @@ def lip_sync_from_pixels(pipeline, judge, clips, data, num_steps: int = 10, seed
     animated with the clip's speech by `pipeline` (a `vasa_jax.generate.TalkingHeadPipeline`), and the judge reads
     the generated frames. Per clip and as the mean over clips:
       lip_sync_r               judge's mouth opening of the generated video vs the true mouth opening of the speech
+      lip_sync_r_pose_removed  the same with what the judged head pose of the video explains removed from both
+                               (partial correlation): the generated heads nod with the speech, as the data's do
       ceiling_r                the judge on the true frames vs the same (the measure's ceiling)
       mismatched_r             the generated video vs ANOTHER clip's true mouth opening (chance level)
       audio_nulled_r           generated with the audio condition nulled vs the true mouth opening
@@ -327,6 +337,7 @@ def lip_sync_from_pixels(pipeline, judge, clips, data, num_steps: int = 10, seed
         rows.append({
             "identity": int(clip.identity_id),
             "lip_sync_r": pearson(generated["mouth_open"], mouth),
+            "lip_sync_r_pose_removed": partial_correlation(generated["mouth_open"], mouth, judged_pose),
             "ceiling_r": pearson(true_frames["mouth_open"], mouth),
             "audio_nulled_r": pearson(nulled["mouth_open"], mouth),
             "pose_only_true_r": pearson(apply_probe(pose_probe, synthetic.pose_vector(clip.states)[:, :3]), mouth),

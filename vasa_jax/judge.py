@@ -43,8 +43,8 @@ class JudgeConfig:
 
 
 def random_states(rng: np.random.Generator, count: int) -> synthetic.FrameState:
-    """`count` frame states with every label independent: pose and gaze uniform over the synthetic clips' ranges,
-    eyes open in 60% of frames (else uniform), mouth closed in 25% (else uniform), a random emotion."""
+    """`count` frame states with every label independent: pose uniform over the synthetic clips' ranges, mouth,
+    eyes and gaze as `synthetic.random_expression` draws them, a random emotion."""
     u = rng.uniform
     emotion = np.zeros((count, len(synthetic.EMOTIONS)), np.float32)
     kind = rng.integers(len(synthetic.EMOTIONS), size=count)
@@ -54,10 +54,7 @@ def random_states(rng: np.random.Generator, count: int) -> synthetic.FrameState:
     return synthetic.FrameState(
         yaw=u(-35, 35, count), pitch=u(-20, 20, count), roll=u(-15, 15, count),
         tx=u(-0.08, 0.08, count), ty=u(-0.06, 0.06, count), scale=np.exp(u(-0.12, 0.12, count)),
-        gaze_theta=u(-30, 30, count), gaze_phi=u(-20, 20, count),
-        eye_open=np.where(u(size=count) < 0.6, 1.0, u(0, 1, count)),
-        mouth_open=np.where(u(size=count) < 0.25, 0.0, u(0, 1, count)),
-        emotion=emotion,
+        emotion=emotion, **synthetic.random_expression(rng, count),
     )
 
 

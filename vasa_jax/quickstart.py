@@ -131,10 +131,12 @@ def main(argv):
     with open(os.path.join(workdir, "report.json"), "w") as f:
         json.dump(report, f, indent=1, default=float)
     sync, transfer = report["lip_sync"], report["expression_transfer"]
-    say(f"lip sync judged from pixels ({sync['num_clips']} held-out clips, mean r): {sync['lip_sync_r']:.2f}; "
-        f"true frames (ceiling) {sync['ceiling_r']:.2f}; another clip's speech {sync['mismatched_r']:.2f}; "
-        f"audio nulled {sync['audio_nulled_r']:.2f}; head pose alone {sync['pose_only_true_r']:.2f}; generated "
-        f"mouth motion {sync['mouth_std_ratio']:.2f}x the true frames'")
+    say(f"lip sync judged from pixels ({sync['num_clips']} held-out clips, mean r): {sync['lip_sync_r']:.2f} "
+        f"({sync['lip_sync_r_pose_removed']:.2f} with the judged head pose removed); true frames (ceiling) "
+        f"{sync['ceiling_r']:.2f}; another clip's speech {sync['mismatched_r']:.2f}; audio nulled "
+        f"{sync['audio_nulled_r']:.2f}; true head pose alone {sync['pose_only_true_r']:.2f}; generated mouth motion "
+        f"{sync['mouth_std_ratio']:.2f}x the true frames'; gaze error {sync['gaze_error_degrees']:.1f} degrees "
+        f"requested, {sync['gaze_error_degrees_gaze_nulled']:.1f} nulled")
     say(f"stage 1 expression transfer: mouth {transfer['mouth_psnr_gain_over_copy_db']:+.2f} dB over copying the "
         f"portrait; judge r mouth {transfer['judge_r_mouth_open']:.2f}, eyes {transfer['judge_r_eye_open']:.2f}")
     say(f"done. video {mp4}\n  contact sheet {sheet}\n  report {os.path.join(workdir, 'report.json')}\n"

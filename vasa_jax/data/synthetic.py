@@ -1020,6 +1020,23 @@ class SyntheticConfig:
     seed: int = 0
     pairs_per_clip: int = 50
     extra_frames: int = 0  # per stage-1 item: more frames of the clip with their labels, for the label losses
+    # Per stage-1 item: the chance that the driving frame's and each extra frame's mouth, eyes and gaze are drawn
+    # independently of the clip (`random_expression`), at the clip frame's pose.
+    random_expression: float = 0.0
+
+
+def random_expression(rng: np.random.Generator, count: int) -> Dict[str, np.ndarray]:
+    """Mouth opening, eye openness and gaze for `count` frames, each independent of the others and of the pose:
+    gaze uniform over the clips' range, eyes open in 60% of frames (else uniform), mouth closed in 25% (else
+    uniform). In the clips the mouth follows the speech, the head nods with it and the eyes are closed in a few
+    percent of frames; these draws show every combination."""
+    u = rng.uniform
+    return {
+        "gaze_theta": u(-30, 30, count).astype(np.float32),
+        "gaze_phi": u(-20, 20, count).astype(np.float32),
+        "eye_open": np.where(u(size=count) < 0.6, 1.0, u(0, 1, count)).astype(np.float32),
+        "mouth_open": np.where(u(size=count) < 0.25, 0.0, u(0, 1, count)).astype(np.float32),
+    }
 
 
 def identity_ids(config: SyntheticConfig, split: str = "train") -> np.ndarray:
@@ -1097,22 +1114,30 @@ class SyntheticStage1Source:
 
         clip = get_clip(c, identity_id, clip_index)
         xclip = get_clip(c, cross_id, cross_clip)
-        two = clip.states[np.array([src_f, drv_f])]
-        images, labels = render_frames(clip.identity, two, c.resolution, return_labels=True)
-        cross_state = xclip.states[np.array([cross_f])]
-        cross = render_frames(xclip.identity, cross_state, c.resolution)[0]
-        pose = pose_vector(two)
-        f32 = np.float32
-        extra = {}
         if c.extra_frames:
             # Half of them from the clip's blinks, if it has any: eyes are closed in a few percent of frames, too
             # rare for the encoder to learn them from uniformly drawn ones.
             blinks = np.flatnonzero(np.asarray(clip.states.eye_open) < 0.5)
             if len(blinks):
                 extra_f[: c.extra_frames // 2] = blinks[extra_f[: c.extra_frames // 2] % len(blinks)]
-            states = clip.states[extra_f]
+        frames = clip.states[np.concatenate([[src_f, drv_f], extra_f]).astype(np.int64)]
+        if c.random_expression > 0:  # the driving and extra frames, never the source: it is what gets re-enacted
+            redraw = np.concatenate([[False], rng.uniform(size=len(frames) - 1) < c.random_expression])
+            drawn = random_expression(rng, len(frames))
+            frames = frames.replace(**{k: np.where(redraw, v, getattr(frames, k)).astype(np.float32)
+                                       for k, v in drawn.items()})
+        # One render call for the clip's frames (the pair, then the extra frames): the per-call cost dominates.
+        images, labels = render_frames(clip.identity, frames, c.resolution, return_labels=True)
+        two = frames[np.array([0, 1])]
+        cross_state = xclip.states[np.array([cross_f])]
+        cross = render_frames(xclip.identity, cross_state, c.resolution)[0]
+        pose = pose_vector(two)
+        f32 = np.float32
+        extra = {}
+        if c.extra_frames:
+            states = frames[2:]
             extra = {
-                "extra_frames": render_frames(clip.identity, states, c.resolution),
+                "extra_frames": images[2:],
                 "extra_pose": pose_vector(states),
                 "extra_gaze": np.stack([states.gaze_theta, states.gaze_phi], -1).astype(f32),
                 "extra_eye_open": np.asarray(states.eye_open, f32),

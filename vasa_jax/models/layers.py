@@ -111,9 +111,9 @@ def num_groups(channels: int, max_groups: int = 32) -> int:
     return 1
 
 
-def GroupNorm(channels: int, name: str | None = None):
+def GroupNorm(channels: int, name: str | None = None, max_groups: int = 32):
     return nn.GroupNorm(
-        num_groups=num_groups(channels),
+        num_groups=num_groups(channels, max_groups),
         scale_init=norm_init(nn.initializers.ones_init()),
         bias_init=norm_init(nn.initializers.zeros_init()),
         name=name,

@@ -225,7 +225,9 @@ class DynamicsEncoder(nn.Module):
         cfg = self.cfg
 
         def conv(x, channels, stride=1):
-            return nn.relu(GroupNorm(channels)(Conv(channels, 3, 2, stride=stride)(x)))
+            # At most 8 groups: with a group per channel (16 channels) the normalisation removes each channel's
+            # level per image, which is what says whether a few pixels of sclera are there at all.
+            return nn.relu(GroupNorm(channels, max_groups=8)(Conv(channels, 3, 2, stride=stride)(x)))
 
         x = conv(image, cfg.dyn_base_channels)
         for level in range(cfg.dyn_num_down):

@@ -307,8 +307,8 @@ class Stage1Task:
         data = self.config.data
         if data.source == "synthetic":
             config = synthetic_config(self.config)
-            if split != "train":  # held-out evaluation renders the pairs only
-                config = dataclasses.replace(config, extra_frames=0)
+            if split != "train":  # held-out evaluation renders the clips' own pairs only
+                config = dataclasses.replace(config, extra_frames=0, random_expression=0.0)
             return synthetic.SyntheticStage1Source(config, split)
         if data.source == "prepared":
             if not data.root:
@@ -436,6 +436,7 @@ def synthetic_config(config) -> synthetic.SyntheticConfig:
         seed=data.seed,
         pairs_per_clip=data.pairs_per_clip,
         extra_frames=data.extra_frames,
+        random_expression=data.get("random_expression", 0.0),  # absent from workdirs written before it existed
     )
 
 
