@@ -33,11 +33,11 @@ def transfer(tmp_path_factory, trained_judge):
 
 @pytest.mark.slow
 def test_an_open_mouth_reaches_the_pixels(transfer):
-    """Measured with this configuration (1000 steps, 16 clips): mouth PSNR +2.7 dB over copying the portrait on the
-    frames whose mouth opens by more than 0.5, judged mouth r = 0.66, and -0.04 with the portrait's own dynamics;
-    the bounds below leave room for run-to-run spread."""
+    """Measured with this configuration (1000 steps, 16 clips): mouth PSNR +3.4 dB over copying the portrait on the
+    frames whose mouth opens by more than 0.5, judged mouth r = 0.80, and -0.06 with the portrait's own dynamics
+    (three seeds: 0.78 to 0.84, gain +3.4 to +3.5 dB); the bounds below leave room for run-to-run spread."""
     print({k: v for k, v in transfer.items() if k != "per_clip"})
     assert transfer["mouth_pairs"] > 100
-    assert transfer["mouth_psnr_gain_over_copy_db"] > 1.5, transfer
-    assert transfer["judge_r_mouth_open"] > 0.45, transfer
+    assert transfer["mouth_psnr_gain_over_copy_db"] > 2.0, transfer
+    assert transfer["judge_r_mouth_open"] > 0.55, transfer
     assert abs(transfer["judge_r_mouth_open_own_dynamics"]) < 0.25, transfer
