@@ -13,10 +13,11 @@ Each stage is skipped when its output is already complete, so an interrupted run
 
 The scores are known-answer and judged from pixels: the synthetic renderer opens the mouth by a known function of
 the speech's loudness, and the judge, a small network with its own weights trained only on true rendered frames,
-reads the mouth opening (eye openness, gaze, head pose) of the generated frames. Lip sync is the correlation of the
+reads the mouth opening (eye openness, head pose) of the generated frames. Lip sync is the correlation of the
 judged mouth opening of the video with the true mouth opening of the held-out speech, beside its baselines: the
 judge on the true frames (the ceiling), another clip's speech, the audio condition nulled, and the head pose alone
-(the synthetic speakers nod with their speech).
+(the synthetic speakers nod with their speech). The eyes and gaze of stage 1's re-enactments, which the judge cannot
+read reliably at 64x64, are read by re-rendering each frame's known state (`evaluate.eyes_by_synthesis`).
 """
 
 import dataclasses
@@ -138,7 +139,11 @@ def main(argv):
         f"{sync['mouth_std_ratio']:.2f}x the true frames'; gaze error {sync['gaze_error_degrees']:.1f} degrees "
         f"requested, {sync['gaze_error_degrees_gaze_nulled']:.1f} nulled")
     say(f"stage 1 expression transfer: mouth {transfer['mouth_psnr_gain_over_copy_db']:+.2f} dB over copying the "
-        f"portrait; judge r mouth {transfer['judge_r_mouth_open']:.2f}, eyes {transfer['judge_r_eye_open']:.2f}")
+        f"portrait; judge r mouth {transfer['judge_r_mouth_open']:.2f}, eyes {transfer['judge_r_eye_open']:.2f}; "
+        "read by re-rendering: eye openness r {:.2f}, gaze {:.2f} horizontal, {:.2f} vertical (portrait's own "
+        "dynamics {:.2f}, {:.2f}, {:.2f}; true frames {:.2f}, {:.2f}, {:.2f})".format(
+            *(transfer[f"rerendered_r_{field}{suffix}"] for suffix in ("", "_own_dynamics", "_true")
+              for field in ("eye_open", "gaze_theta", "gaze_phi"))))
     say(f"done. video {mp4}\n  contact sheet {sheet}\n  report {os.path.join(workdir, 'report.json')}\n"
         f"  stage-1 samples {os.path.join(paths['stage1'], 'samples')}\n  tensorboard --logdir {workdir}")
 

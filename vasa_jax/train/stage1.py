@@ -62,9 +62,8 @@ def expression_labels(batch, frames):
     the named frames of a batch (`frame_labels`)."""
     rows = []
     for frame in frames:
-        gaze = frame_labels(batch, frame, "gaze")
-        label = lambda name: frame_labels(batch, frame, name)
-        rows.append(jnp.stack([label("mouth_open"), label("eye_open"), gaze[:, 0], gaze[:, 1]], -1))
+        mouth, eyes, gaze = (frame_labels(batch, frame, name) for name in ("mouth_open", "eye_open", "gaze"))
+        rows.append(jnp.stack([mouth, eyes, gaze[:, 0], gaze[:, 1]], -1))
     labels = jnp.concatenate(rows).astype(jnp.float32)
     assert labels.shape[-1] == len(EXPRESSION_LABELS)
     return labels
