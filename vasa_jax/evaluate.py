@@ -200,8 +200,9 @@ def region_psnr(prediction: np.ndarray, target: np.ndarray, mask: np.ndarray) ->
 # What `eyes_by_synthesis` reads, each from a grid over the synthetic clips' range, in the order it fits them (one
 # at a time, the others at their current reading), and where each starts (open eyes looking ahead). Theta is fitted
 # again once phi is known.
-EYE_READINGS = (("eye_open", np.linspace(0.0, 1.0, 11)), ("gaze_theta", np.arange(-30.0, 30.01, 2.5)),
-                ("gaze_phi", np.arange(-20.0, 20.01, 2.5)), ("gaze_theta", np.arange(-30.0, 30.01, 2.5)))
+_GAZE_THETA_GRID = np.arange(-30.0, 30.01, 2.5)
+EYE_READINGS = (("eye_open", np.linspace(0.0, 1.0, 11)), ("gaze_theta", _GAZE_THETA_GRID),
+                ("gaze_phi", np.arange(-20.0, 20.01, 2.5)), ("gaze_theta", _GAZE_THETA_GRID))
 EYE_READING_START = {"eye_open": 1.0, "gaze_theta": 0.0, "gaze_phi": 0.0}
 
 
@@ -221,18 +222,19 @@ def eyes_by_synthesis(images: Dict[str, np.ndarray], identity, states, resolutio
 
     n = len(states)
     mask = eye_masks.astype(np.float64)[..., None]
+    targets = {name: frames.astype(np.float64) for name, frames in images.items()}
     found = {name: {field: np.full(n, value) for field, value in EYE_READING_START.items()} for name in images}
     for field, grid in EYE_READINGS:
         errors = {name: np.zeros((len(grid), n)) for name in images}
         for index, value in enumerate(grid):
             renders = {}
-            for name, frames in images.items():
+            for name, target in targets.items():
                 candidate = dict(found[name], **{field: np.full(n, value)})
                 key = np.stack(list(candidate.values())).tobytes()
                 if key not in renders:
                     renders[key] = synthetic.render_frames(identity, states.replace(**candidate),
                                                            resolution).astype(np.float64)
-                errors[name][index] = (((renders[key] - frames.astype(np.float64)) ** 2) * mask).sum(axis=(1, 2, 3))
+                errors[name][index] = (((renders[key] - target) ** 2) * mask).sum(axis=(1, 2, 3))
         for name in images:
             # Neighbouring values can render the same pixels at 64 x 64 (and any gaze does behind closed lids): the
             # reading is the mean of the tied best.
