@@ -48,9 +48,9 @@ def test_trained_judge_reads_held_out_identities(trained_judge):
 
 def test_trained_judge_reads_a_talking_clip(trained_judge):
     """On the true frames of a held-out speaker's clip the judged mouth follows the speech's mouth opening, and a
-    blink is seen as closed eyes. The judge reads this clip's four blink frames at 0.33-0.76 against 0.74-1.02 open
-    (2026-11-29); CI's machine trained a judge that read them 0.63 against 0.88 (a gap of 0.25), so the gap asked
-    for is 0.15: a judge blind to blinks reads both alike."""
+    blink is seen as closed eyes. The 2026-11-29 judge read the clips' true blink frames at 0.33-0.76 against
+    0.74-1.02 open; CI's machine trained one that read this clip's four blink frames at 0.63 against 0.88 (a gap of
+    0.25), so the gap asked for is 0.15: a judge blind to blinks reads both alike."""
     clip = evaluate.held_out_clips(synthetic.SyntheticConfig(num_test_identities=8, clips_per_identity=2), 1)[0]
     readings = trained_judge.read(synthetic.render_clip(clip, trained_judge.resolution))
     assert evaluate.pearson(readings["mouth_open"], clip.states.mouth_open) > 0.8
