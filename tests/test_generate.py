@@ -234,7 +234,9 @@ def test_write_mp4_is_atomic(tmp_path):
 @pytest.mark.slow
 def test_quickstart_runs_every_stage_and_reports(tmp_path):
     """The README's main command with a few steps per stage: every output is there, the video decodes, the
-    report holds the lip-sync scores, and a second run finds every stage done."""
+    report holds the lip-sync scores. (Each stage's resume is tested where the stage is: the trainers' SIGKILL
+    tests, the motion dataset's rerun in test_stage2_data, the judge's reuse by the shared `trained_judge`; a
+    second quickstart run here cost several minutes of the suite for no new path.)"""
     import json
 
     command = ["vasa_jax.quickstart", f"--workdir={tmp_path}", "--stage1_steps=1", "--stage2_steps=2",
@@ -251,8 +253,6 @@ def test_quickstart_runs_every_stage_and_reports(tmp_path):
     decoded = video.read_mp4(tmp_path / "talking_head.mp4")
     assert decoded["frames"].shape == (report["video_frames"], 64, 64, 3)
     assert "done. video" in result.stdout
-    again = _run(*command)
-    assert "(0 new)" in again.stdout, again.stdout
 
 
 MEDIA = os.environ.get("VASA_MEDIA_DIR")
