@@ -235,7 +235,7 @@ def test_write_mp4_is_atomic(tmp_path):
 def test_quickstart_runs_every_stage_and_reports(tmp_path):
     """The README's main command with a few steps per stage: every output is there, the video decodes, the
     report holds the lip-sync scores. (Each stage's resume is tested where the stage is: the trainers' SIGKILL
-    tests, the motion dataset's rerun in test_stage2_data, the judge's reuse by the shared `trained_judge`; a
+    tests, the motion dataset's rerun in test_stage2_data, the judge's save and load in test_judge; a
     second quickstart run here cost several minutes of the suite for no new path.)"""
     import json
 
