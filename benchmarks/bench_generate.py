@@ -27,29 +27,29 @@ from configs import stage1 as stage1_config  # noqa: E402
 from configs import stage2 as stage2_config  # noqa: E402
 from vasa_jax.audio import SAMPLE_RATE, make_audio_encoder  # noqa: E402
 from vasa_jax.generate import FEATURE_MARGIN_SECONDS, POSE_DIM, TalkingHeadPipeline  # noqa: E402
+from vasa_jax.models.stage1 import FaceLatentModel, Stage1ModelConfig  # noqa: E402
 from vasa_jax.models.stage2 import MotionDiT, Stage2ModelConfig, example_inputs  # noqa: E402
 from vasa_jax.sampling import MotionSampler  # noqa: E402
-from vasa_jax.train.stage1 import Stage1Task  # noqa: E402
 
 
 def build_pipeline(stage1_variant: str, stage2_variant: str, render_batch: int) -> TalkingHeadPipeline:
     config1 = stage1_config.get_config("" if stage1_variant == "256" else stage1_variant)
     config1.feature_nets.allow_random_init = True
-    task1 = Stage1Task(config1)
-    size = task1.model_cfg.image_size
+    model1 = FaceLatentModel(Stage1ModelConfig.from_config(config1.model))
+    size = model1.cfg.image_size
     image = np.zeros((1, size, size, 3), np.float32)
-    params1 = nn.unbox(jax.jit(lambda key: task1.model.init(key, image, image))(jax.random.key(0))["params"])
+    params1 = nn.unbox(jax.jit(lambda key: model1.init(key, image, image))(jax.random.key(0))["params"])
     encoder = make_audio_encoder("log_mel")
     config2 = stage2_config.get_config("" if stage2_variant == "vasa" else stage2_variant)
     cfg2 = Stage2ModelConfig.from_config({
-        **dict(config2.model), **dict(config2.diffusion), "motion_dim": POSE_DIM + 3 * task1.model_cfg.num_keypoints,
+        **dict(config2.model), **dict(config2.diffusion), "motion_dim": POSE_DIM + 3 * model1.cfg.num_keypoints,
         "audio_dim": encoder.feature_dim, "emotion_dim": 8})
     params2 = nn.unbox(MotionDiT(cfg2).init(jax.random.key(1), *example_inputs(cfg2))["params"])
     m, a = cfg2.motion_dim, cfg2.audio_dim
     stats = {"motion_mean": np.zeros(m), "motion_std": np.full(m, 0.1), "audio_mean": np.zeros(a),
              "audio_std": np.ones(a), "distance_mean": np.zeros(1), "distance_std": np.ones(1)}
     # The benchmark's portrait is noise: no face to find, so the centred square.
-    return TalkingHeadPipeline(task1, params1, MotionSampler(cfg2, params2, stats), encoder, render_batch,
+    return TalkingHeadPipeline(model1, params1, MotionSampler(cfg2, params2, stats), encoder, render_batch,
                                crop="center")
 
 

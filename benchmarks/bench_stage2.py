@@ -58,7 +58,8 @@ def main():
     print(f"training: {per_step * 1000:.1f} ms/step at batch {args.batch_size} = {args.batch_size / per_step:.0f} "
           f"windows/s = {args.batch_size * c.window / per_step:.0f} motion frames/s")
 
-    sampler = MotionSampler.from_task(task, jax.device_get(state["params"]["dit"]))
+    stats = motion.read_json(os.path.join(root, motion.STATS))
+    sampler = MotionSampler(task.model_cfg, jax.device_get(state["params"]["dit"]), stats)
     frames = int(args.seconds * 25)
     audio = np.random.default_rng(0).normal(size=(frames, c.audio_dim)).astype(np.float32)
     for num_steps in (50, 10):

@@ -11,7 +11,6 @@ import sys
 import pytest
 
 from vasa_jax import evaluate
-from vasa_jax.train.stage1 import synthetic_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 1000  # the quickstart's
@@ -26,7 +25,7 @@ def transfer(tmp_path_factory, trained_judge):
                     "--config.train.sample_every=1000000", f"--config.train.checkpoint_every={STEPS}"],
                    cwd=ROOT, env=env, check=True, capture_output=True)
     reenact, config = evaluate.stage1_reenactor(workdir)
-    data = synthetic_config(config)
+    data = synthetic.from_stage1_config(config)
     clips = evaluate.held_out_clips(data, 8)
     return evaluate.expression_transfer(reenact, trained_judge, clips, data.resolution)
 

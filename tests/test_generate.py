@@ -220,6 +220,39 @@ def test_pipeline_reports_a_missing_workdir(checkpoints, tmp_path):
         TalkingHeadPipeline.from_workdirs(str(tmp_path / "missing"), checkpoints[2])
 
 
+def test_trained_models_load_exactly_and_without_the_trainer(checkpoints, tmp_path):
+    """`vasa_jax.checkpoints` restores each network's saved parameters bit for bit (against orbax's restore of the
+    whole training state), and reading both models, as generation, evaluation and encode_motion do, imports no
+    training module."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    from vasa_jax import checkpoints as checkpoints_lib
+
+    _, stage1, stage2 = checkpoints
+    for workdir, load, network in ((stage1, checkpoints_lib.load_stage1, "generator"),
+                                   (stage2, checkpoints_lib.load_stage2, "dit")):
+        manager = ocp.CheckpointManager(checkpoints_lib.checkpoint_directory(workdir))
+        saved = manager.restore(manager.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+        manager.close()
+        saved, loaded = saved["state"]["params"][network], load(workdir).params
+        assert jax.tree.structure(loaded) == jax.tree.structure(saved)
+        jax.tree.map(np.testing.assert_array_equal, loaded, saved)
+    trained = checkpoints_lib.load_stage2(stage2)
+    assert trained.stats["motion_std"].shape == (trained.model_cfg.motion_dim,)
+    with pytest.raises(ValueError, match="stage2 workdir, not a stage-1"):
+        checkpoints_lib.load_stage1(stage2)
+    with pytest.raises(FileNotFoundError, match="holds no checkpoints"):
+        checkpoints_lib.load_stage2(str(tmp_path))
+
+    code = ("import sys; from vasa_jax import checkpoints, evaluate, generate; from vasa_jax.data import encode_motion; "
+            f"checkpoints.load_stage1({stage1!r}); checkpoints.load_stage2({stage2!r}); "
+            "print(sorted(m for m in sys.modules if m.startswith('vasa_jax.train')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=ONE_DEVICE, check=True, capture_output=True,
+                         text=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+
+
 def test_write_mp4_is_atomic(tmp_path):
     out = tmp_path / "clip.mp4"
     frames = [np.zeros((16, 16, 3), np.uint8), np.zeros((8, 8, 3), np.uint8)]

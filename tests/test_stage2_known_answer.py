@@ -13,8 +13,8 @@ from configs import stage1 as stage1_config
 from vasa_jax import evaluate
 from vasa_jax.audio import LogMelEncoder
 from vasa_jax.data import motion, synthetic
-from vasa_jax.data.encode_motion import synthetic_config_from
-from vasa_jax.sampling import MotionSampler, params_from_workdir
+from vasa_jax.checkpoints import load_stage2
+from vasa_jax.sampling import MotionSampler
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,8 +31,8 @@ def trained(tmp_path_factory):
     run("vasa_jax.data.encode_motion", f"--output={root}", "--motion=ground_truth")
     run("vasa_jax.train", "--config=configs/stage2.py:tiny", f"--workdir={workdir}", f"--config.data.root={root}",
         "--config.train.num_steps=400", "--config.train.eval_every=400", "--config.train.checkpoint_every=400")
-    task, params = params_from_workdir(workdir)
-    return root, synthetic_config_from(stage1_config.get_config("tiny")), MotionSampler.from_task(task, params)
+    sampler = MotionSampler.from_trained(load_stage2(workdir))
+    return root, synthetic.from_stage1_config(stage1_config.get_config("tiny")), sampler
 
 
 def test_audio_drives_the_mouth_and_gaze_follows_the_request(trained):

@@ -250,13 +250,11 @@ def stage1_reenactor(workdir: str, batch_size: int = 25):
     what pose alone renders)."""
     import jax
 
+    from vasa_jax.checkpoints import load_stage1
     from vasa_jax.models.stage1 import FaceLatentModel
-    from vasa_jax.train import checkpointing
-    from vasa_jax.train.stage1 import Stage1Task
 
-    config = checkpointing.read_config(workdir)
-    task = Stage1Task(config)
-    params, model = checkpointing.restore_state(workdir, task)["params"]["generator"], task.model
+    stage1 = load_stage1(workdir)
+    params, model, config = stage1.params, stage1.model, stage1.config
     apply = lambda method, *args: model.apply({"params": params}, *args, method=method)
 
     @functools.partial(jax.jit, static_argnums=2)
@@ -434,13 +432,13 @@ def from_pixels(stage1_dir: str, stage2_dir: str, judge, num_clips: int = 16, nu
                 seed: int = 0) -> Dict:
     """Both pixel-judged evaluations of a stage-1 and a stage-2 workdir trained on synthetic data, on `num_clips`
     held-out clips of the stage-1 config's synthetic dataset."""
+    from vasa_jax.data import synthetic
     from vasa_jax.generate import TalkingHeadPipeline
-    from vasa_jax.train.stage1 import synthetic_config
 
     reenact, config = stage1_reenactor(stage1_dir)
     if config.data.source != "synthetic":
         raise ValueError(f"{stage1_dir} was trained on {config.data.source} data; the pixel judge knows synthetic")
-    data = synthetic_config(config)
+    data = synthetic.from_stage1_config(config)
     if judge.resolution != data.resolution:
         raise ValueError(f"the judge reads {judge.resolution}x{judge.resolution} frames, stage 1 renders "
                          f"{data.resolution}x{data.resolution}")
@@ -457,7 +455,8 @@ def main(argv):
     del argv
     from absl import app, flags
 
-    from vasa_jax.sampling import MotionSampler, params_from_workdir
+    from vasa_jax.checkpoints import load_stage2
+    from vasa_jax.sampling import MotionSampler
 
     flags_ = flags.FLAGS
     if flags_.stage1:
@@ -468,9 +467,9 @@ def main(argv):
         judge = judge_lib.load_or_train(flags_.judge)
         result = from_pixels(flags_.stage1, flags_.stage2, judge, flags_.max_clips, flags_.num_steps)
     else:
-        task, params = params_from_workdir(flags_.stage2)
-        sampler = MotionSampler.from_task(task, params)
-        result = known_answer(sampler, task.config.data.root, flags_.num_steps, flags_.max_clips)
+        stage2 = load_stage2(flags_.stage2)
+        result = known_answer(MotionSampler.from_trained(stage2), stage2.config.data.root, flags_.num_steps,
+                              flags_.max_clips)
     print(json.dumps(result, indent=1, default=float))
 
 

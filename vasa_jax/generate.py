@@ -146,13 +146,13 @@ class TalkingHeadPipeline:
     Every network call has one fixed shape per pipeline (frames are rendered in batches of `render_batch`,
     motion in windows of W), so a second `generate` compiles nothing."""
 
-    def __init__(self, stage1_task, stage1_params, sampler: MotionSampler, audio_encoder, render_batch: int = 8,
+    def __init__(self, stage1_model, stage1_params, sampler: MotionSampler, audio_encoder, render_batch: int = 8,
                  output_size: Optional[int] = None, crop: str = "face", paste_back: bool = False):
         import jax
 
         from vasa_jax.models.stage1 import FaceLatentModel
 
-        self.stage1_cfg = stage1_task.model_cfg
+        self.stage1_cfg = stage1_model.cfg
         self.resolution = int(self.stage1_cfg.image_size)
         self.sampler = sampler
         self.audio_encoder = audio_encoder
@@ -171,7 +171,7 @@ class TalkingHeadPipeline:
         if sampler.cfg.audio_dim != audio_encoder.feature_dim:
             raise GenerationError(f"mismatched audio encoder: stage 2 expects {sampler.cfg.audio_dim}-d features, "
                                   f"{audio_encoder!r} gives {audio_encoder.feature_dim}")
-        model = stage1_task.model
+        model = stage1_model
         self._encode = jax.jit(lambda x: model.apply({"params": stage1_params}, x, method=FaceLatentModel.encode))
 
         def decode(source, pose, dyn):
@@ -189,17 +189,15 @@ class TalkingHeadPipeline:
     def from_workdirs(cls, stage1_dir: str, stage2_dir: str, audio_encoder=None, **kwargs) -> "TalkingHeadPipeline":
         """From the latest checkpoints of a stage-1 and a stage-2 training workdir. The audio encoder is rebuilt
         from the stage-2 dataset's manifest for log-mel; pass `audio_encoder` for Wav2Vec2 datasets."""
+        from vasa_jax import checkpoints
         from vasa_jax.data import motion as motion_data
-        from vasa_jax.sampling import params_from_workdir
-        from vasa_jax.train import checkpointing
-        from vasa_jax.train.stage1 import Stage1Task
 
         for name, directory in (("stage1", stage1_dir), ("stage2", stage2_dir)):
             if not directory or not os.path.isdir(directory):
                 raise GenerationError(f"--{name} {directory!r} is not a directory")
         try:
-            stage1_config = checkpointing.read_config(stage1_dir)
-            stage2_config = checkpointing.read_config(stage2_dir)
+            stage1_config = checkpoints.read_config(stage1_dir)
+            stage2_config = checkpoints.read_config(stage2_dir)
         except FileNotFoundError as err:
             raise GenerationError(str(err)) from None
         if stage1_config.get("task", "stage1") != "stage1":
@@ -222,11 +220,9 @@ class TalkingHeadPipeline:
                 raise GenerationError(f"stage 2 was trained on {manifest.get('audio_encoder')} features: pass that "
                                       "audio encoder (make_audio_encoder('wav2vec2', checkpoint_dir=...))")
             audio_encoder = make_audio_encoder("log_mel")
-        stage1_task = Stage1Task(stage1_config)
-        stage1_params = checkpointing.restore_state(stage1_dir, stage1_task)["params"]["generator"]
-        stage2_task, dit_params = params_from_workdir(stage2_dir)
-        sampler = MotionSampler.from_task(stage2_task, dit_params)
-        return cls(stage1_task, stage1_params, sampler, audio_encoder, **kwargs)
+        stage1 = checkpoints.load_stage1(stage1_dir)
+        sampler = MotionSampler.from_trained(checkpoints.load_stage2(stage2_dir))
+        return cls(stage1.model, stage1.params, sampler, audio_encoder, **kwargs)
 
     # ------------------------------------------------------------------------------------------------ pieces
     def encode_source(self, image) -> dict:

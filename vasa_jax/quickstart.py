@@ -73,7 +73,6 @@ def main(argv):
     from vasa_jax.data.encode_motion import build, manifest_for, stage1_motion_fn
     from vasa_jax.generate import TalkingHeadPipeline
     from vasa_jax.train import loop
-    from vasa_jax.train.stage1 import synthetic_config
     from vasa_jax.video import write_mp4
 
     workdir = os.path.abspath(FLAGS.workdir)
@@ -84,7 +83,7 @@ def main(argv):
     config1 = stage1_config.get_config("tiny")
     if FLAGS.stage1_steps:
         config1.train.num_steps = FLAGS.stage1_steps
-    data = synthetic_config(config1)
+    data = synthetic.from_stage1_config(config1)
     say(f"1/5 the pixel judge -> {paths['judge']}")
     judge_config = judge_lib.JudgeConfig(resolution=data.resolution, dataset_seed=data.seed)
     if FLAGS.judge_steps:

@@ -8,13 +8,11 @@ never triggers a recompile.
 """
 
 import dataclasses
-import os
 from typing import Iterable, Iterator, Mapping, Optional
 
 import jax
 import numpy as np
 
-from vasa_jax.data import motion as motion_data
 from vasa_jax.models import diffusion
 from vasa_jax.models.stage2 import CONDITIONS, MotionDiT, Stage2ModelConfig
 
@@ -40,9 +38,9 @@ class MotionSampler:
         self._window_fns = {}
 
     @classmethod
-    def from_task(cls, task, params) -> "MotionSampler":
-        stats = motion_data.read_json(os.path.join(task.config.data.root, motion_data.STATS))
-        return cls(task.model_cfg, params, stats)
+    def from_trained(cls, stage2) -> "MotionSampler":
+        """From a trained model read by `vasa_jax.checkpoints.load_stage2`."""
+        return cls(stage2.model_cfg, stage2.params, stage2.stats)
 
     def _window_fn(self, num_steps: int, guidance: tuple):
         key = (num_steps, guidance)
@@ -131,12 +129,3 @@ def _shift_in(context: np.ndarray, frames: np.ndarray) -> np.ndarray:
     """The last K frames of (context followed by frames), for windows shorter than K."""
     k = context.shape[1]
     return np.concatenate([context[0], frames])[-k:][None]
-
-
-def params_from_workdir(workdir: str):
-    """(task, DiT params) from the latest checkpoint of a stage-2 training workdir."""
-    from vasa_jax.train import checkpointing
-    from vasa_jax.train.stage2 import Stage2Task
-
-    task = Stage2Task(checkpointing.read_config(workdir))
-    return task, checkpointing.restore_state(workdir, task)["params"]["dit"]

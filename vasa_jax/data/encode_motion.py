@@ -16,7 +16,7 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-from vasa_jax.data import atomic, motion
+from vasa_jax.data import atomic, motion, synthetic
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output", None, "dataset folder to create or complete", required=True)
@@ -36,13 +36,11 @@ def stage1_motion_fn(workdir: str, batch_size: int):
     import jax
     import numpy as np
 
+    from vasa_jax.checkpoints import load_stage1
     from vasa_jax.models.stage1 import FaceLatentModel
-    from vasa_jax.train import checkpointing
-    from vasa_jax.train.stage1 import Stage1Task
 
-    config = checkpointing.read_config(workdir)
-    task = Stage1Task(config)
-    params, model = checkpointing.restore_state(workdir, task)["params"]["generator"], task.model
+    stage1 = load_stage1(workdir)
+    params, model, config = stage1.params, stage1.model, stage1.config
     encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method=FaceLatentModel.encode_motion))
 
     def motion_fn(render, truth):
@@ -93,12 +91,6 @@ def manifest_for(motion_source: str, stage1_workdir, audio_encoder) -> dict:
     }
 
 
-def synthetic_config_from(stage1_config):
-    from vasa_jax.train.stage1 import synthetic_config
-
-    return synthetic_config(stage1_config)
-
-
 def main(argv):
     del argv
     from vasa_jax.audio import make_audio_encoder
@@ -116,7 +108,7 @@ def main(argv):
     else:
         motion_fn, stage1_config = motion.ground_truth_motion, FLAGS.synthetic_config
     manifest = manifest_for(FLAGS.motion, FLAGS.stage1, audio_encoder)
-    build(FLAGS.output, motion_fn, audio_encoder, synthetic_config_from(stage1_config), manifest)
+    build(FLAGS.output, motion_fn, audio_encoder, synthetic.from_stage1_config(stage1_config), manifest)
 
 
 if __name__ == "__main__":

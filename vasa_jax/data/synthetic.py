@@ -1025,6 +1025,23 @@ class SyntheticConfig:
     random_expression: float = 0.0
 
 
+def from_stage1_config(config) -> SyntheticConfig:
+    """The synthetic dataset a stage-1 config's data section describes (what stage 1 trains on, `encode_motion`
+    encodes and the evaluation holds out)."""
+    data = config.data
+    return SyntheticConfig(
+        num_identities=data.num_identities,
+        num_test_identities=data.eval_identities,
+        clips_per_identity=data.clips_per_identity,
+        frames_per_clip=data.frames_per_clip,
+        resolution=data.resolution,
+        seed=data.seed,
+        pairs_per_clip=data.pairs_per_clip,
+        extra_frames=data.extra_frames,
+        random_expression=data.get("random_expression", 0.0),  # absent from workdirs written before it existed
+    )
+
+
 def random_expression(rng: np.random.Generator, count: int) -> Dict[str, np.ndarray]:
     """Mouth opening, eye openness and gaze for `count` frames, each independent of the others and of the pose:
     gaze uniform over the clips' range, eyes open in 60% of frames (else uniform), mouth closed in 25% (else

@@ -3,26 +3,27 @@ iterator's position and the config, in one step directory under `<workdir>/check
 
 Saves are asynchronous (the arrays are copied off the devices before `save` returns, the writing happens in the
 background); a step directory only becomes visible once complete, so a crash never leaves a half checkpoint that
-resume would pick up.
+resume would pick up. Reading a trained network back for inference is `vasa_jax.checkpoints`.
 """
 
 import json
-import os
 from typing import Any
 
 import grain
 import jax
 import orbax.checkpoint as ocp
 
+from vasa_jax.checkpoints import CHECKPOINT_ITEMS, checkpoint_directory
+
 
 class Checkpointer:
     def __init__(self, workdir: str, config: Any, max_to_keep: int):
-        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self.directory = checkpoint_directory(workdir)
         self.config_json = json.loads(config.to_json())
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, enable_async_checkpointing=True),
-            item_names=("state", "data", "config"),
+            item_names=CHECKPOINT_ITEMS,
         )
 
     def latest_step(self) -> int | None:
@@ -61,40 +62,3 @@ class Checkpointer:
 
 def abstract_with_shardings(abstract: Any, shardings: Any) -> Any:
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-
-
-def _manager(workdir: str) -> ocp.CheckpointManager:
-    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"{workdir} holds no checkpoints ({directory} does not exist): is it a training workdir?")
-    manager = ocp.CheckpointManager(directory, item_names=("state", "data", "config"))
-    if manager.latest_step() is None:
-        raise FileNotFoundError(f"{directory} holds no complete checkpoint")
-    return manager
-
-
-def read_config(workdir: str):
-    """The config saved with the latest checkpoint of a training workdir, as an ml_collections ConfigDict."""
-    import ml_collections
-
-    manager = _manager(workdir)
-    step = manager.latest_step()
-    restored = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-    manager.close()
-    return ml_collections.ConfigDict(restored["config"])
-
-
-def restore_state(workdir: str, task: Any, seed: int = 0) -> Any:
-    """The latest training state of `workdir`, restored onto the first local device (for inference and encoding,
-    not for resuming training: the data iterator is not restored)."""
-    import flax.linen as nn
-
-    manager = _manager(workdir)
-    abstract = jax.eval_shape(lambda: nn.unbox(task.init_boxed(jax.random.key(seed))))
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)
-    restored = manager.restore(
-        manager.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
-    )
-    manager.close()
-    return restored["state"]

@@ -305,7 +305,7 @@ class Stage1Task:
     def _source(self, split: str):
         data = self.config.data
         if data.source == "synthetic":
-            config = synthetic_config(self.config)
+            config = synthetic.from_stage1_config(self.config)
             if split != "train":  # held-out evaluation renders the clips' own pairs only
                 config = dataclasses.replace(config, extra_frames=0, random_expression=0.0)
             return synthetic.SyntheticStage1Source(config, split)
@@ -421,22 +421,6 @@ class Stage1Task:
         columns = [images["source"], images["driving"], np.asarray(recon), images["cross"], np.asarray(reenacted)]
         rows = [np.concatenate([c[i] for c in columns], axis=1) for i in range(len(images["source"]))]
         return (np.clip(np.concatenate(rows, axis=0), 0, 1) * 255).round().astype(np.uint8)
-
-
-def synthetic_config(config) -> synthetic.SyntheticConfig:
-    """The synthetic dataset a stage-1 config's data section describes (also what encode_motion encodes)."""
-    data = config.data
-    return synthetic.SyntheticConfig(
-        num_identities=data.num_identities,
-        num_test_identities=data.eval_identities,
-        clips_per_identity=data.clips_per_identity,
-        frames_per_clip=data.frames_per_clip,
-        resolution=data.resolution,
-        seed=data.seed,
-        pairs_per_clip=data.pairs_per_clip,
-        extra_frames=data.extra_frames,
-        random_expression=data.get("random_expression", 0.0),  # absent from workdirs written before it existed
-    )
 
 
 def _load_or_init(path, key, allow_random, load, init):

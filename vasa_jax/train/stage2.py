@@ -7,27 +7,19 @@ window has no full context), cut a random audio tail, predict x0 and take the L2
 """
 
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from vasa_jax.checkpoints import stage2_model_config
 from vasa_jax.data import motion as motion_data
 from vasa_jax.models import diffusion
-from vasa_jax.models.stage2 import CONDITIONS, MotionDiT, Stage2ModelConfig, example_inputs
+from vasa_jax.models.stage2 import CONDITIONS, MotionDiT, example_inputs
 from vasa_jax.train.loop import fixed_batch, training_iterator
 from vasa_jax.train.stage1 import make_optimizer
 
 CONDITION_KEYS = ("audio", "audio_valid", "previous_motion", "previous_audio", "gaze", "distance", "emotion")
-
-
-def model_config(config) -> Stage2ModelConfig:
-    """The network's sizes: the config's `model` section plus the dimensions recorded in the dataset manifest
-    and the noise schedule (the network's output is preconditioned by it)."""
-    manifest = motion_data.read_json(os.path.join(config.data.root, motion_data.MANIFEST))
-    dims = {k: manifest[k] for k in ("motion_dim", "audio_dim", "emotion_dim")}
-    return Stage2ModelConfig.from_config({**dict(config.model), **dims, **dict(config.diffusion)})
 
 
 def drop_conditions(rng, batch, cfg_drop, window: int):
@@ -48,7 +40,7 @@ def drop_conditions(rng, batch, cfg_drop, window: int):
 class Stage2Task:
     def __init__(self, config):
         self.config = config
-        self.model_cfg = model_config(config)
+        self.model_cfg = stage2_model_config(config)
         self.model = MotionDiT(self.model_cfg)
         self.abar = diffusion.alphas_cumprod(self.model_cfg.num_train_steps, self.model_cfg.schedule)
         opt = config.optimizer
