@@ -171,13 +171,12 @@ class TalkingHeadPipeline:
         if sampler.cfg.audio_dim != audio_encoder.feature_dim:
             raise GenerationError(f"mismatched audio encoder: stage 2 expects {sampler.cfg.audio_dim}-d features, "
                                   f"{audio_encoder!r} gives {audio_encoder.feature_dim}")
-        model = stage1_model
-        self._encode = jax.jit(lambda x: model.apply({"params": stage1_params}, x, method=FaceLatentModel.encode))
+        self._encode = jax.jit(lambda x: stage1_model.apply({"params": stage1_params}, x, method=FaceLatentModel.encode))
 
         def decode(source, pose, dyn):
             b = pose.shape[0]
             tile = lambda x: jax.numpy.broadcast_to(x, (b,) + x.shape[1:])
-            image = model.apply(
+            image = stage1_model.apply(
                 {"params": stage1_params}, tile(source["volume"]), tile(source["z_id"]), tile(source["pose"]),
                 tile(source["dyn"]), pose, dyn, tile(source["image"]), method=FaceLatentModel.decode)
             return jax.numpy.round(jax.numpy.clip(image, 0.0, 1.0) * 255.0).astype(jax.numpy.uint8)
