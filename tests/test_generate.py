@@ -245,7 +245,8 @@ def test_trained_models_load_exactly_and_without_the_trainer(checkpoints, tmp_pa
     with pytest.raises(FileNotFoundError, match="holds no checkpoints"):
         checkpoints_lib.load_stage2(str(tmp_path))
 
-    code = ("import sys; from vasa_jax import checkpoints, evaluate, generate; from vasa_jax.data import encode_motion; "
+    code = ("import sys; from vasa_jax import checkpoints, evaluate, generate; "
+            "from vasa_jax.data import encode_motion; "
             f"checkpoints.load_stage1({stage1!r}); checkpoints.load_stage2({stage2!r}); "
             "print(sorted(m for m in sys.modules if m.startswith('vasa_jax.train')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=ONE_DEVICE, check=True, capture_output=True,

@@ -31,7 +31,8 @@ def checkpoint_directory(workdir: str) -> str:
 def _open(workdir: str) -> ocp.CheckpointManager:
     directory = checkpoint_directory(workdir)
     if not os.path.isdir(directory):
-        raise FileNotFoundError(f"{workdir} holds no checkpoints ({directory} does not exist): is it a training workdir?")
+        raise FileNotFoundError(
+            f"{workdir} holds no checkpoints ({directory} does not exist): is it a training workdir?")
     manager = ocp.CheckpointManager(directory, item_names=CHECKPOINT_ITEMS)
     if manager.latest_step() is None:
         raise FileNotFoundError(f"{directory} holds no complete checkpoint")

@@ -171,7 +171,8 @@ class TalkingHeadPipeline:
         if sampler.cfg.audio_dim != audio_encoder.feature_dim:
             raise GenerationError(f"mismatched audio encoder: stage 2 expects {sampler.cfg.audio_dim}-d features, "
                                   f"{audio_encoder!r} gives {audio_encoder.feature_dim}")
-        self._encode = jax.jit(lambda x: stage1_model.apply({"params": stage1_params}, x, method=FaceLatentModel.encode))
+        self._encode = jax.jit(
+            lambda x: stage1_model.apply({"params": stage1_params}, x, method=FaceLatentModel.encode))
 
         def decode(source, pose, dyn):
             b = pose.shape[0]
