@@ -111,6 +111,29 @@ def test_grayscale_and_transparent_photos_load_as_rgb(tmp_path):
     np.testing.assert_allclose(image[-1, 0], [1.0, 1.0, 1.0])  # composited over white
 
 
+def test_wide_grayscale_palette_and_rotated_photos_load_as_shown(tmp_path):
+    """A 16-bit grayscale PNG keeps its tones (Pillow's own conversion clipped it to white), a palette image its
+    colours, and a JPEG with an EXIF orientation comes upright, as a phone or a viewer shows it."""
+    from PIL import Image
+
+    ramp = np.linspace(0, 65535, 40 * 30).reshape(40, 30).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "gray16.png")
+    image = load_image(str(tmp_path / "gray16.png"))
+    assert image.shape == (40, 30, 3)
+    np.testing.assert_allclose(image[..., 1], ramp / 65535.0, atol=1e-6)
+    palette = Image.fromarray(np.array([[[255, 0, 0], [0, 0, 255]]], np.uint8)).convert("P")
+    np.testing.assert_allclose(load_image(palette)[0], [[1, 0, 0], [0, 0, 1]], atol=1e-6)
+
+    stored = np.zeros((20, 40, 3), np.uint8)
+    stored[:, :20] = (255, 0, 0)  # left half red in the stored pixels
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated 90 degrees clockwise: the stored left edge is the top
+    Image.fromarray(stored).save(tmp_path / "rotated.jpg", exif=exif, quality=95)
+    upright = load_image(str(tmp_path / "rotated.jpg"))
+    assert upright.shape == (40, 20, 3)
+    assert upright[:15, :, 0].min() > 0.9 and upright[25:, :, 0].max() < 0.1
+
+
 @pytest.mark.parametrize("case", ["no_face", "truncated_jpeg", "text_as_image", "empty_audio", "missing_checkpoint",
                                   "stage2_as_stage1", "ground_truth_stage2"])
 def test_bad_input_is_a_one_line_error_and_leaves_no_file(checkpoints, portrait, tmp_path, case):
@@ -290,6 +313,22 @@ def test_quickstart_runs_every_stage_and_reports(tmp_path):
 
 
 MEDIA = os.environ.get("VASA_MEDIA_DIR")
+
+
+@pytest.mark.skipif(not MEDIA, reason="VASA_MEDIA_DIR is not set (the shared real photos)")
+def test_a_real_portrait_as_16_bit_grayscale_finds_its_face(tmp_path):
+    """The face of a real photo saved as a 16-bit grayscale PNG is found where the colour photo's is."""
+    from PIL import Image
+
+    from vasa_jax.generate import portrait_crop
+
+    photo = load_image(os.path.join(MEDIA, "images", "hallo_ref6.jpg"))
+    gray = photo @ np.array([0.299, 0.587, 0.114], np.float32)
+    Image.fromarray(np.round(gray * 65535).astype(np.uint16)).save(tmp_path / "gray16.png")
+    wide = load_image(str(tmp_path / "gray16.png"))
+    np.testing.assert_allclose(wide[..., 0], gray, atol=1e-4)
+    found, expected = portrait_crop(wide, 64), portrait_crop(np.repeat(gray[..., None], 3, -1), 64)
+    np.testing.assert_allclose(found.box, expected.box, atol=1.0)
 
 
 @pytest.mark.skipif(not MEDIA, reason="VASA_MEDIA_DIR is not set (the shared real photos and speech)")

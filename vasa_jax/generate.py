@@ -53,10 +53,18 @@ class GeneratedVideo:
     fps: float = VIDEO_FPS
 
 
+# Pillow's single-channel modes wider than 8 bits, with the value that is white in each: 16-bit PNG and TIFF open
+# as "I;16*" or as 32-bit "I" holding 16-bit values; "F" (float TIFF) holds [0, 1]. Pillow's own conversion to RGB
+# clips them at 255, which turned every such photo white.
+_WIDE_GRAY_WHITE = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0, "I": 65535.0, "F": 1.0}
+
+
 def load_image(image) -> np.ndarray:
-    """A photo (path, PIL image or array) as float32 RGB [H, W, 3] in [0, 1]. Grayscale is replicated to RGB;
-    transparency is composited over white. Truncated or non-image files raise GenerationError."""
-    from PIL import Image, UnidentifiedImageError
+    """A photo (path, PIL image or array) as float32 RGB [H, W, 3] in [0, 1]. The EXIF orientation is applied (a
+    phone's portrait photo comes upright); grayscale of any depth is scaled by its own white and replicated to
+    RGB; palette images are expanded; transparency is composited over white. Truncated or non-image files raise
+    GenerationError."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     if isinstance(image, np.ndarray):
         array = image
@@ -77,6 +85,10 @@ def load_image(image) -> np.ndarray:
         raise GenerationError(f"{image}: no such image file") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise GenerationError(f"{image}: not a readable image ({err})") from None
+    picture = ImageOps.exif_transpose(picture)
+    if picture.mode in _WIDE_GRAY_WHITE:
+        gray = np.asarray(picture, np.float32) / _WIDE_GRAY_WHITE[picture.mode]
+        return load_image(np.clip(gray, 0.0, 1.0))
     if picture.mode in ("RGBA", "LA", "PA") or (picture.mode == "P" and "transparency" in picture.info):
         picture = picture.convert("RGBA")
         white = Image.new("RGBA", picture.size, (255, 255, 255, 255))
