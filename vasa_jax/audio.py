@@ -61,7 +61,9 @@ class AudioError(ValueError):
 def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Read an audio file as a mono float32 waveform at `sample_rate`, in [-1, 1] for integer sources.
 
-    Reads whatever libsndfile reads (wav in any PCM / float bit depth, flac, ogg/vorbis, mp3, ...). Multi-channel
+    Reads whatever libsndfile reads (wav in any PCM / float bit depth, flac, ogg/vorbis, mp3, ...) and, through
+    FFmpeg (PyAV), any other container with an audio stream: an m4a/AAC voice memo, the audio track of an
+    mp4/mov/mkv/webm video, opus. Multi-channel
     audio is downmixed by averaging the channels, the simplest downmix that keeps speech at the same level whether it
     was recorded on one channel or duplicated on both. Resampling uses soxr's high-quality mode through
     `librosa.resample`. Raises `AudioError` for a missing, empty, undecodable or sample-less file.
@@ -81,14 +83,34 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
     try:
         data, file_rate = sf.read(path, dtype="float32", always_2d=True)
     except (RuntimeError, TypeError, ValueError) as err:  # LibsndfileError is a RuntimeError
-        detail = str(err).strip() or type(err).__name__
-        raise AudioError(f"{path}: not a readable audio file ({detail})") from None
+        data, file_rate = _read_with_ffmpeg(path, str(err).strip() or type(err).__name__)
     if data.shape[0] == 0:
         raise AudioError(f"{path}: audio file contains no samples")
     if not np.all(np.isfinite(data)):
         raise AudioError(f"{path}: audio file contains NaN or infinite samples")
 
     return to_mono(data, file_rate, sample_rate)
+
+
+def _read_with_ffmpeg(path: str, sndfile_error: str):
+    """(samples [N, C] float32, rate) of the first audio stream of a file FFmpeg reads, for what libsndfile does
+    not; AudioError naming libsndfile's complaint when FFmpeg cannot read it either or it holds no audio."""
+    import av
+
+    from vasa_jax.video import decode_audio_stream
+
+    try:
+        container = av.open(path)
+    except (av.error.FFmpegError, UnicodeDecodeError):
+        raise AudioError(f"{path}: not a readable audio file ({sndfile_error})") from None
+    with container:
+        if not container.streams.audio:
+            raise AudioError(f"{path}: not a readable audio file (no audio stream; {sndfile_error})")
+        stream = container.streams.audio[0]
+        samples, _ = decode_audio_stream(container)
+        if stream.duration is not None:  # AAC's last frame is padded to 1024 samples; the stream says where it ends
+            samples = samples[: int(round(stream.duration * stream.time_base * stream.rate))]
+        return samples, int(stream.rate)
 
 
 def to_mono(samples: np.ndarray, rate: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:

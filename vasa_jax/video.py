@@ -93,11 +93,11 @@ def read_mp4(path: str | os.PathLike) -> dict:
             result["sample_rate"] = stream.rate
             if stream.duration is not None:
                 result["audio_duration"] = float(stream.duration * stream.time_base)
-            result["audio"] = _decode_audio(container)[0][:, 0]
+            result["audio"] = decode_audio_stream(container)[0][:, 0]
     return result
 
 
-def _decode_audio(container):
+def decode_audio_stream(container):
     """The first audio stream as float32 samples [N, C] in [-1, 1] (integer PCM scaled by its full range) and
     the time of its first frame in seconds (None without frames). A damaged stream ends at its last good frame."""
     import av
@@ -200,7 +200,7 @@ def read_video_audio(path, sample_rate: int = 16000) -> Optional[np.ndarray]:
             return None
         video_start = container.streams.video[0].start_time
         video_start = float(video_start * container.streams.video[0].time_base) if video_start is not None else 0.0
-        samples, audio_start = _decode_audio(container)
+        samples, audio_start = decode_audio_stream(container)
         if not len(samples):
             return np.zeros((0,), np.float32)
         waveform = to_mono(samples, container.streams.audio[0].rate, sample_rate)
