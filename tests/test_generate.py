@@ -177,6 +177,38 @@ def test_bad_input_is_a_one_line_error_and_leaves_no_file(checkpoints, portrait,
     print(case, errors[0])
 
 
+@pytest.mark.parametrize("flag,message", [
+    ("--gaze=abc,0", "--gaze=abc: not a number"), ("--gaze=1,2,3", "--gaze needs THETA,PHI"),
+    ("--gaze=100,0", "within [-90, 90]"), ("--distance=nan", "--distance=nan: not a finite number"),
+    ("--audio_guidance=-1", "--audio_guidance=-1.0: a guidance scale is at least 0"),
+    ("--num_steps=0", "--num_steps=0: at least 1"), ("--resolution=15", "--resolution=15: a positive even"),
+    ("--emotion=furious", "--emotion='furious': a preset (")])
+def test_a_bad_flag_is_named_before_any_file_is_read(tmp_path, flag, message):
+    """Checked before the photo, the speech or a checkpoint is opened: none of them exists here."""
+    missing = str(tmp_path / "missing")
+    result = _run("vasa_jax.generate", f"--image={missing}.jpg", f"--audio={missing}.wav", f"--out={missing}.mp4",
+                  f"--stage1={missing}", f"--stage2={missing}", flag, check=False)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr
+
+
+def test_a_distance_outside_the_training_range_is_refused_with_the_range(checkpoints):
+    from vasa_jax.sampling import distance_range
+
+    _, stage1, stage2 = checkpoints
+    pipeline = TalkingHeadPipeline.from_workdirs(stage1, stage2, crop="center")
+    low, high = distance_range(pipeline.sampler.stats)
+    assert "distance_min" in pipeline.sampler.stats and low < high
+    photo = np.zeros((32, 32, 3), np.float32)
+    with pytest.raises(GenerationError, match=r"distance 1e\+09: outside the head distances the model was trained "
+                                              r"on \[-?\d"):
+        pipeline.generate(photo, _speech(0.2), distance=1e9, num_steps=1)
+    with pytest.raises(GenerationError, match="outside the head distances"):
+        pipeline.stream(photo, [_speech(0.2)], distance=high + (high - low))  # refused when called, not when iterated
+    assert len(pipeline.generate(photo, _speech(0.2), distance=(low + high) / 2, num_steps=1).frames) == 5
+
+
 def _two_heads(path):
     """Two synthetic heads side by side, the left one larger, saved as a PNG."""
     from PIL import Image

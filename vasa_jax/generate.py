@@ -16,17 +16,21 @@ animates the largest, with a warning. `crop="center"` takes the centred square i
 like the training data (the synthetic heads). `paste_back=True` puts the animated crop back into the whole photo.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import os
 import sys
 import time
 import warnings
-from typing import Iterable, Iterator, Mapping, Optional
+from typing import TYPE_CHECKING, Iterable, Iterator, Mapping, Optional
 
 import numpy as np
 
 from vasa_jax.audio import SAMPLE_RATE, VIDEO_FPS, load_audio, make_audio_encoder
-from vasa_jax.sampling import Controls, MotionSampler
+
+if TYPE_CHECKING:  # JAX is imported when a model is built, not before: a bad flag is reported at once
+    from vasa_jax.sampling import Controls, MotionSampler
 
 # Audio kept either side of the feature rows being computed while streaming: log-mel rows depend on audio within
 # half an analysis window (16 ms at 16 kHz) of them; 0.2 s is a wide safety margin, and the look-ahead a live
@@ -233,6 +237,8 @@ class TalkingHeadPipeline:
                                       "audio encoder (make_audio_encoder('wav2vec2', checkpoint_dir=...))")
             audio_encoder = make_audio_encoder("log_mel")
         stage1 = checkpoints.load_stage1(stage1_dir)
+        from vasa_jax.sampling import MotionSampler
+
         sampler = MotionSampler.from_trained(checkpoints.load_stage2(stage2_dir))
         return cls(stage1.model, stage1.params, sampler, audio_encoder, **kwargs)
 
@@ -300,29 +306,38 @@ class TalkingHeadPipeline:
         return frames
 
     def _controls(self, gaze, distance, emotion) -> Controls:
-        return Controls(gaze=None if gaze is None else np.asarray(gaze, np.float32).reshape(2),
-                        distance=distance, emotion=emotion_vector(emotion, self.sampler.cfg.emotion_dim))
+        """The controls as the sampler takes them, refused (GenerationError) where the model cannot follow them."""
+        from vasa_jax.sampling import Controls, check_controls
+
+        controls = Controls(gaze=None if gaze is None else np.asarray(gaze, np.float32).reshape(-1),
+                            distance=distance, emotion=emotion_vector(emotion, self.sampler.cfg.emotion_dim))
+        try:
+            check_controls(controls, self.sampler.stats)
+        except ValueError as err:
+            raise GenerationError(str(err)) from None
+        return controls
 
     # ------------------------------------------------------------------------------------------------ public
     def generate(self, image, audio, *, gaze=None, distance=None, emotion=None, num_steps: int = 50,
                  guidance: Mapping[str, float] = (("audio", 0.5), ("gaze", 1.0)), seed: int = 0) -> GeneratedVideo:
         """The whole video for a photo and speech (a path or a 16 kHz mono waveform)."""
+        controls = self._controls(gaze, distance, emotion)
         waveform = load_audio(audio) if not isinstance(audio, np.ndarray) else np.asarray(audio, np.float32)
         source = self.encode_source(image)
-        frames = list(self._frames(source, [waveform], self._controls(gaze, distance, emotion), num_steps,
-                                   guidance, seed))
+        frames = list(self._frames(source, [waveform], controls, num_steps, guidance, seed))
         frames = np.concatenate(frames) if frames else np.zeros((0,) + self.frame_size(source) + (3,), np.uint8)
         return GeneratedVideo(frames=frames, audio=waveform)
 
     def stream(self, image, audio_chunks: Iterable[np.ndarray], *, gaze=None, distance=None, emotion=None,
                num_steps: int = 50, guidance: Mapping[str, float] = (("audio", 0.5), ("gaze", 1.0)),
                seed: int = 0) -> Iterator[np.ndarray]:
-        """Yield rendered frames [n, H, W, 3] window by window while 16 kHz mono audio chunks arrive. The same
+        """Rendered frames [n, H, W, 3], yielded window by window while 16 kHz mono audio chunks arrive. The same
         seed gives the same frames as `generate`. `last_stream_latency` holds the seconds from the first audio
-        chunk to the first frames. `image` is a photo or what `encode_source` returned for one."""
+        chunk to the first frames. `image` is a photo or what `encode_source` returned for one. The controls and
+        the photo are checked when called, before the first chunk is asked for."""
+        controls = self._controls(gaze, distance, emotion)
         source = image if isinstance(image, Mapping) else self.encode_source(image)
-        yield from self._frames(source, audio_chunks, self._controls(gaze, distance, emotion), num_steps,
-                                guidance, seed)
+        return self._frames(source, audio_chunks, controls, num_steps, guidance, seed)
 
     def _frames(self, source, audio_chunks, controls, num_steps, guidance, seed) -> Iterator[np.ndarray]:
         self.last_stream_latency = None
@@ -384,6 +399,48 @@ def _feature_rows(encoder, buffer: np.ndarray, buffer_start: int, first: int, en
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
+def checked_flags(f) -> Optional[list]:
+    """Every control flag checked before any file is read (GenerationError naming the flag); returns the parsed
+    --gaze. What needs the model (the distance range, the emotion vector's size) is checked once it is loaded."""
+
+    def number(flag, text):
+        try:
+            value = float(text)
+        except (TypeError, ValueError):
+            raise GenerationError(f"--{flag}={text}: not a number") from None
+        if not np.isfinite(value):
+            raise GenerationError(f"--{flag}={text}: not a finite number")
+        return value
+
+    gaze = None
+    if f.gaze is not None:
+        parts = f.gaze.split(",")
+        if len(parts) != 2:
+            raise GenerationError(f"--gaze needs THETA,PHI in degrees, got {f.gaze!r}")
+        gaze = [number("gaze", part) for part in parts]
+        if max(abs(angle) for angle in gaze) > 90:
+            raise GenerationError(f"--gaze={f.gaze!r}: angles are degrees within [-90, 90]")
+    if f.distance is not None:
+        number("distance", f.distance)
+    for flag in ("audio_guidance", "gaze_guidance"):
+        if number(flag, getattr(f, flag)) < 0:
+            raise GenerationError(f"--{flag}={getattr(f, flag)}: a guidance scale is at least 0")
+    if f.num_steps < 1:
+        raise GenerationError(f"--num_steps={f.num_steps}: at least 1 DDIM step")
+    if f.resolution is not None and (f.resolution <= 0 or f.resolution % 2):
+        raise GenerationError(f"--resolution={f.resolution}: a positive even number (H.264)")
+    if f.emotion is not None:
+        name = f.emotion.strip().lower()
+        presets = sorted({preset for names in EMOTION_PRESETS.values() for preset in names})
+        if name not in presets:
+            try:
+                [number("emotion", part) for part in name.split(",")]
+            except GenerationError:
+                raise GenerationError(f"--emotion={f.emotion!r}: a preset ({', '.join(presets)}) or comma-separated "
+                                      "numbers") from None
+    return gaze
+
+
 def main(argv):
     del argv
     from absl import flags, logging
@@ -394,9 +451,7 @@ def main(argv):
 
     f = flags.FLAGS
     try:
-        gaze = None if f.gaze is None else [float(v) for v in f.gaze.split(",")]
-        if gaze is not None and len(gaze) != 2:
-            raise GenerationError(f"--gaze needs THETA,PHI in degrees, got {f.gaze!r}")
+        gaze = checked_flags(f)
         image = load_image(f.image)  # the inputs first: a bad file fails before any checkpoint is read
         audio = load_audio(f.audio)
         pipeline = TalkingHeadPipeline.from_workdirs(f.stage1, f.stage2, output_size=f.resolution, crop=f.crop,
@@ -432,7 +487,8 @@ if __name__ == "__main__":
     from absl import app, flags
 
     flags.DEFINE_string("image", None, "portrait photo", required=True)
-    flags.DEFINE_string("audio", None, "speech (wav, flac, ogg, mp3; any rate and channel count)", required=True)
+    flags.DEFINE_string("audio", None, "speech: wav, flac, ogg, mp3, or any container FFmpeg reads (m4a, the audio "
+                        "of an mp4/mov/mkv/webm video); any rate and channel count", required=True)
     flags.DEFINE_string("out", None, "output mp4", required=True)
     flags.DEFINE_string("stage1", None, "stage-1 training workdir", required=True)
     flags.DEFINE_string("stage2", None, "stage-2 training workdir", required=True)

@@ -26,6 +26,31 @@ class Controls:
     emotion: Optional[np.ndarray] = None  # emotion offset vector
 
 
+def distance_range(stats: Mapping[str, np.ndarray]) -> tuple:
+    """(low, high): the head distances a stage 2 may be asked for, those of its train clips (datasets written
+    before the range was recorded: mean +- 3 std)."""
+    if "distance_min" in stats:
+        return float(np.min(stats["distance_min"])), float(np.max(stats["distance_max"]))
+    mean, std = float(np.mean(stats["distance_mean"])), float(np.mean(stats["distance_std"]))
+    return mean - 3 * std, mean + 3 * std
+
+
+def check_controls(controls: Controls, stats: Mapping[str, np.ndarray]) -> None:
+    """ValueError for a control the model cannot follow: a gaze that is not two finite angles within 90 degrees,
+    a head distance outside the range of the training clips (the condition network never saw it: the motion it
+    would give is arbitrary)."""
+    if controls.gaze is not None:
+        gaze = np.asarray(controls.gaze, np.float64).reshape(-1)
+        if gaze.shape != (2,) or not np.all(np.isfinite(gaze)) or np.abs(gaze).max() > 90:
+            raise ValueError(f"gaze {controls.gaze}: expected (theta, phi) in degrees within [-90, 90]")
+    if controls.distance is not None:
+        low, high = distance_range(stats)
+        distance = float(np.asarray(controls.distance, np.float64).reshape(-1)[0])
+        if not low <= distance <= high:
+            raise ValueError(f"distance {distance:g}: outside the head distances the model was trained on "
+                             f"[{low:.4g}, {high:.4g}]")
+
+
 class MotionSampler:
     """Generates motion [T, M] (in the dataset's units) from audio features [T, A] (in the encoder's units)."""
 
@@ -75,6 +100,7 @@ class MotionSampler:
         """The streaming path: audio features arrive window by window (chunks of W frames [W, A], the last one
         possibly shorter) and the motion of each window [<= W, M] is yielded as soon as it is generated."""
         cfg, s = self.cfg, self.stats
+        check_controls(controls, s)
         guidance = tuple(sorted(dict(guidance).items()))
         unknown = sorted(set(dict(guidance)) - set(CONDITIONS))
         if unknown:

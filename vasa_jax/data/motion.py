@@ -76,8 +76,8 @@ def load_clip(root: str, split: str, name: str) -> Dict[str, np.ndarray]:
 
 
 def compute_stats(root: str) -> Dict[str, list]:
-    """Mean and std (floored) of motion and audio features over all train frames, and of the head distance
-    over train clips; written to stats.json."""
+    """Mean and std (floored) of motion and audio features over all train frames, and mean, std (floored) and
+    range of the head distance over train clips; written to stats.json."""
     names = list_clips(root, "train")
     if not names:
         raise ValueError(f"{root} has no train clips to compute statistics from")
@@ -96,6 +96,7 @@ def compute_stats(root: str) -> Dict[str, list]:
         "motion_mean": m_mean.tolist(), "motion_std": m_std.tolist(),
         "audio_mean": a_mean.tolist(), "audio_std": a_std.tolist(),
         "distance_mean": d.mean(0).tolist(), "distance_std": np.maximum(d.std(0), 1e-4).tolist(),
+        "distance_min": d.min(0).tolist(), "distance_max": d.max(0).tolist(),  # what generation may ask for
         "num_train_clips": len(names),
     }
     atomic.write_json(os.path.join(root, STATS), stats)
