@@ -207,6 +207,7 @@ class TalkingHeadPipeline:
         from the stage-2 dataset's manifest for log-mel; pass `audio_encoder` for Wav2Vec2 datasets."""
         from vasa_jax import checkpoints
         from vasa_jax.data import motion as motion_data
+        from vasa_jax.sampling import MotionSampler
 
         for name, directory in (("stage1", stage1_dir), ("stage2", stage2_dir)):
             if not directory or not os.path.isdir(directory):
@@ -237,8 +238,6 @@ class TalkingHeadPipeline:
                                       "audio encoder (make_audio_encoder('wav2vec2', checkpoint_dir=...))")
             audio_encoder = make_audio_encoder("log_mel")
         stage1 = checkpoints.load_stage1(stage1_dir)
-        from vasa_jax.sampling import MotionSampler
-
         sampler = MotionSampler.from_trained(checkpoints.load_stage2(stage2_dir))
         return cls(stage1.model, stage1.params, sampler, audio_encoder, **kwargs)
 
