@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from vasa_jax import evaluate
+from vasa_jax.data import synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 1000  # the quickstart's
