@@ -305,7 +305,7 @@ class TalkingHeadPipeline:
         return frames
 
     def _controls(self, gaze, distance, emotion) -> Controls:
-        """The controls as the sampler takes them, refused (GenerationError) where the model cannot follow them."""
+        """The controls as the sampler takes them, refused (GenerationError) outside what the model was trained on."""
         from vasa_jax.sampling import Controls, check_controls
 
         controls = Controls(gaze=None if gaze is None else np.asarray(gaze, np.float32).reshape(-1),
@@ -433,7 +433,8 @@ def checked_flags(f) -> Optional[list]:
         presets = sorted({preset for names in EMOTION_PRESETS.values() for preset in names})
         if name not in presets:
             try:
-                [number("emotion", part) for part in name.split(",")]
+                for part in name.split(","):
+                    number("emotion", part)
             except GenerationError:
                 raise GenerationError(f"--emotion={f.emotion!r}: a preset ({', '.join(presets)}) or comma-separated "
                                       "numbers") from None

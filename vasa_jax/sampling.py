@@ -36,13 +36,8 @@ def distance_range(stats: Mapping[str, np.ndarray]) -> tuple:
 
 
 def check_controls(controls: Controls, stats: Mapping[str, np.ndarray]) -> None:
-    """ValueError for a control the model cannot follow: a gaze that is not two finite angles within 90 degrees,
-    a head distance outside the range of the training clips (the condition network never saw it: the motion it
-    would give is arbitrary)."""
-    if controls.gaze is not None:
-        gaze = np.asarray(controls.gaze, np.float64).reshape(-1)
-        if gaze.shape != (2,) or not np.all(np.isfinite(gaze)) or np.abs(gaze).max() > 90:
-            raise ValueError(f"gaze {controls.gaze}: expected (theta, phi) in degrees within [-90, 90]")
+    """ValueError for a control outside what this model was trained on: a head distance outside the range of its
+    training clips (the condition network never saw it: the motion it would give is arbitrary)."""
     if controls.distance is not None:
         low, high = distance_range(stats)
         distance = float(np.asarray(controls.distance, np.float64).reshape(-1)[0])
