@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import stage1 as stage1_config  # noqa: E402
 from configs import stage2 as stage2_config  # noqa: E402
 from vasa_jax.audio import SAMPLE_RATE, make_audio_encoder  # noqa: E402
-from vasa_jax.generate import FEATURE_MARGIN_SECONDS, POSE_DIM, TalkingHeadPipeline  # noqa: E402
+from vasa_jax.generate import POSE_DIM, TalkingHeadPipeline  # noqa: E402
 from vasa_jax.models.stage1 import FaceLatentModel, Stage1ModelConfig  # noqa: E402
 from vasa_jax.models.stage2 import MotionDiT, Stage2ModelConfig, example_inputs  # noqa: E402
 from vasa_jax.sampling import MotionSampler  # noqa: E402
@@ -95,7 +95,7 @@ def main():
         next(stream)
         print(f"streaming, {num_steps} steps: first frames {pipeline.last_stream_latency * 1000:.0f} ms after the "
               f"first chunk (audio already there); a live stream also waits for {cfg2.window / 25:.2f} s of "
-              f"speech + {FEATURE_MARGIN_SECONDS:.2f} s look-ahead")
+              f"speech + at most {pipeline.audio_encoder.context.lookahead_seconds:.2f} s feature look-ahead")
         stream.close()
     media = os.environ.get("VASA_MEDIA_DIR")
     if media:  # face detection and crop of a real photo, once per video (crop="face", the default)

@@ -4,6 +4,9 @@ Variants (`--config=configs/stage2.py:VARIANT`):
   (none)     VASA-1's network: 8 layers, width 512, 8 heads; windows of W=50 frames with K=10 context frames.
   synthetic  a half-size network (4 layers, width 256) for motion datasets encoded from the synthetic heads.
   tiny       2 layers, width 64, W=25, K=5: trains on a 2-core CPU in minutes (tests and the quickstart).
+  real       VASA-1's network on a motion dataset encoded from prepared real video
+             (python -m vasa_jax.data.encode_motion --prepared=DIR): the conditions are the preparation's labels.
+  real_tiny  the tiny network on such a dataset, with batches and evaluation sized for a handful of clips (CPU checks).
 
 Run:
   python -m vasa_jax.train --config=configs/stage2.py --workdir=runs/stage2 --config.data.root=MOTION_DATASET
@@ -51,6 +54,7 @@ def get_config(variant: str = ""):
         num_threads=4,
         stride=0,  # window start spacing in frames; 0 means W // 2
         eval_windows=256,
+        eval_split="test",  # the split the held-out x0 error is measured on
     )
     config.mesh = dict(shape=(-1, 1), axes=("data", "fsdp"))
     config.sharding_rules = (("mlp", "fsdp"), ("embed", None), ("conv_in", None), ("conv_out", "fsdp"))
@@ -62,18 +66,21 @@ def get_config(variant: str = ""):
         sample_every=10**9,  # stage 2 has no image samples
         keep_checkpoints=3,
     )
-    if variant == "":
+    if variant in ("", "real"):
         pass
     elif variant == "synthetic":
         config.model.update(width=256, num_layers=4)
         config.data.batch_size = 32
         config.train.update(num_steps=20_000, eval_every=1000, checkpoint_every=1000)
-    elif variant == "tiny":
+    elif variant in ("tiny", "real_tiny"):
         config.model.update(window=25, context=5, width=64, num_layers=2, num_heads=4)
         config.diffusion.num_train_steps = 100
         config.optimizer.update(learning_rate=1e-3, warmup_steps=50)
         config.data.update(batch_size=16, num_threads=2, eval_windows=64)
         config.train.update(num_steps=500, log_every=50, eval_every=250, checkpoint_every=250)
+        if variant == "real_tiny":  # a few prepared clips: windows every 5 frames, small batches
+            config.data.update(batch_size=8, stride=5, eval_windows=32)
     else:
-        raise ValueError(f"unknown stage-2 config variant {variant!r}; expected '', 'synthetic' or 'tiny'")
+        raise ValueError(f"unknown stage-2 config variant {variant!r}; expected '', 'synthetic', 'tiny', 'real' or "
+                         "'real_tiny'")
     return config

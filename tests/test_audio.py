@@ -143,6 +143,65 @@ def test_make_audio_encoder():
         make_audio_encoder("wav2vec2")
 
 
+def _chunked(x, rng, pieces=6):
+    return np.split(x, np.sort(rng.integers(0, len(x) + 1, pieces - 1)))
+
+
+@pytest.mark.parametrize("seconds", [0.05, 0.9, 3.013, 7.0])
+def test_log_mel_feature_policy_equals_the_whole_clip(seconds):
+    """Training (motion datasets) and generation both take `frame_features`; for log-mel its blocks must give the
+    rows of the whole clip, and a stream cut anywhere the same rows as the clip at once."""
+    rng = np.random.default_rng(int(seconds * 1000))
+    x = two_tone(16000, seconds) + 0.05 * rng.standard_normal(int(16000 * seconds)).astype(np.float32)
+    encoder = make_audio_encoder("log_mel")
+    features = audio.frame_features(encoder, x)
+    assert features.shape == (num_video_frames(len(x)), 160)
+    whole = log_mel_features(audio._frame_aligned(x))
+    if len(x) >= 16000 * encoder.context.excerpt_frames / 25:
+        np.testing.assert_array_equal(features, whole)
+    else:  # a clip shorter than one excerpt is zero-padded, which changes the FFT's rounding only
+        np.testing.assert_allclose(features, whole, rtol=0, atol=1e-5)
+    streamed = list(audio.stream_frame_features(_chunked(x, rng), encoder))
+    np.testing.assert_array_equal(np.concatenate(streamed) if streamed else features, features)
+    assert len(streamed) == -(-len(features) // encoder.context.block_frames)
+
+
+def test_a_stream_yields_each_block_once_its_lookahead_arrived():
+    encoder = make_audio_encoder("log_mel")
+    context, spf = encoder.context, 16000 // 25
+    x = two_tone(16000, 4.0)
+    yielded_after = []
+    received = 0
+
+    def frame_by_frame():
+        nonlocal received
+        for start in range(0, len(x), spf):
+            received = start + spf
+            yield x[start : start + spf]
+
+    for rows in audio.stream_frame_features(frame_by_frame(), encoder):
+        yielded_after.append((received // spf, len(rows)))
+    blocks = len(x) // spf // context.block_frames
+    assert len(yielded_after) == blocks
+    for block, (frames_in, rows) in enumerate(yielded_after[:-1]):
+        assert rows == context.block_frames
+        assert frames_in == (block + 1) * context.block_frames + context.right_frames
+    assert context.lookahead_seconds == pytest.approx((context.block_frames - 1 + context.right_frames) / 25)
+
+
+def test_encoder_descriptions_rebuild_the_encoder():
+    encoder = make_audio_encoder("log_mel", num_mels=40)
+    rebuilt = audio.encoder_from_description(encoder.description())
+    assert rebuilt.feature_dim == 80
+    x = two_tone(16000, 1.0)
+    np.testing.assert_array_equal(rebuilt(x), encoder(x))
+    assert audio.encoder_from_description("LogMelEncoder(num_mels=80, feature_dim=160)").feature_dim == 160
+    with pytest.raises(ValueError, match="re-encode the motion dataset"):
+        audio.encoder_from_description("Wav2Vec2Encoder('/x', layer=2)")
+    with pytest.raises(ValueError, match="recorded 81"):
+        audio.encoder_from_description(dict(encoder.description(), feature_dim=81))
+
+
 # Real clips listed in the media MANIFEST: file -> (seconds, source sample rate, channels).
 REAL_CLIPS = {
     "sadtalker_deyu.wav": (9.34, 48000, 2),

@@ -309,6 +309,86 @@ def test_trained_models_load_exactly_and_without_the_trainer(checkpoints, tmp_pa
     assert out.strip().splitlines()[-1] == "[]"
 
 
+def test_an_exported_model_generates_what_the_workdirs_do(checkpoints, portrait, tmp_path):
+    """`python -m vasa_jax.export` -> a folder that generates the workdirs' frames bit for bit; parts that do not
+    belong together, a non-model folder and an occupied destination are one-line refusals."""
+    from safetensors.numpy import load_file, save_file
+
+    _, stage1, stage2 = checkpoints
+    model = str(tmp_path / "model")
+    _run("vasa_jax.export", f"--stage1={stage1}", f"--stage2={stage2}", f"--out={model}")
+    speech = _speech(1.3)
+    from_workdirs = TalkingHeadPipeline.from_workdirs(stage1, stage2).generate(portrait, speech, num_steps=3)
+    from_model = TalkingHeadPipeline.from_model(model).generate(portrait, speech, num_steps=3)
+    np.testing.assert_array_equal(from_model.frames, from_workdirs.frames)
+    card = open(os.path.join(model, "README.md")).read()
+    assert "2 training steps" in card and "x0_mse_t50" in card
+
+    again = _run("vasa_jax.export", f"--stage1={stage1}", f"--stage2={stage2}", f"--out={model}", check=False)
+    assert again.returncode != 0 and "already exists" in again.stderr.strip().splitlines()[-1]
+    # A stage-2 file from elsewhere (here: the same tensors, scaled) does not belong to this model.
+    params = load_file(os.path.join(model, "stage2.safetensors"))
+    save_file({k: v * 2 for k, v in params.items()}, os.path.join(model, "stage2.safetensors"))
+    with pytest.raises(GenerationError, match="stage2.safetensors does not belong to this model"):
+        TalkingHeadPipeline.from_model(model)
+    with pytest.raises(GenerationError, match="is not an exported model"):
+        TalkingHeadPipeline.from_model(stage1)
+    wrong = _run("vasa_jax.generate", f"--image={portrait}", "--audio=/x.wav", f"--out={tmp_path / 'x.mp4'}",
+                 f"--model={model}", f"--stage1={stage1}", check=False)
+    assert wrong.returncode == 1 and "either --model" in wrong.stderr
+
+
+def test_a_wav2vec2_trained_stage2_generates_through_the_command_line(checkpoints, portrait, tmp_path):
+    """Stage 2 trained on Wav2Vec2 features (a tiny random Hugging Face checkpoint) generates with the command
+    line from its workdirs (the encoder rebuilt from the motion dataset's description) and, exported, from the
+    model folder alone once the Hugging Face folder is gone."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from test_wav2vec2 import TINY, VARIANTS
+
+    _, stage1, _ = checkpoints
+    hf_dir, motion, stage2 = tmp_path / "w2v", str(tmp_path / "motion"), str(tmp_path / "stage2")
+    torch.manual_seed(0)
+    transformers.Wav2Vec2Model(transformers.Wav2Vec2Config(**TINY, **VARIANTS["base"])).eval().save_pretrained(hf_dir)
+    _run("vasa_jax.data.encode_motion", f"--output={motion}", f"--stage1={stage1}", "--batch_size=50",
+         "--audio_encoder=wav2vec2", f"--wav2vec2_dir={hf_dir}")
+    # Training's features are generation's: a clip's stored rows against frame_features of its speech here, with
+    # the encoder generation rebuilds from the dataset's description. The same excerpts go through the same
+    # compiled function, so they agree to float32 rounding (XLA may order a reduction differently per process).
+    from vasa_jax import audio, checkpoints as checkpoints_lib
+    from vasa_jax.data import motion as motion_data, synthetic
+
+    manifest = motion_data.read_json(os.path.join(motion, motion_data.MANIFEST))
+    encoder = audio.encoder_from_description(manifest["audio_encoder"])
+    data = synthetic.from_stage1_config(checkpoints_lib.read_config(stage1))
+    name = motion_data.list_clips(motion, "test")[0]
+    identity, clip_index = (int(part) for part in name[len("id"):].split("_clip"))
+    stored = motion_data.load_clip(motion, "test", name)["audio"]
+    np.testing.assert_allclose(audio.frame_features(encoder, synthetic.get_clip(data, identity, clip_index).audio),
+                               stored, rtol=0, atol=1e-5)
+    _run("vasa_jax.train", "--config=configs/stage2.py:tiny", f"--workdir={stage2}", f"--config.data.root={motion}",
+         "--config.train.num_steps=2", "--config.train.checkpoint_every=2", "--config.train.eval_every=2",
+         "--config.data.eval_windows=8")
+    audio_path = str(tmp_path / "speech.wav")
+    soundfile.write(audio_path, _speech(1.5), SAMPLE_RATE)
+    out = str(tmp_path / "workdirs.mp4")
+    result = _run("vasa_jax.generate", f"--image={portrait}", f"--audio={audio_path}", f"--out={out}",
+                  f"--stage1={stage1}", f"--stage2={stage2}", "--num_steps=2", check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert video.read_mp4(out)["frames"].shape[0] == num_video_frames(int(1.5 * SAMPLE_RATE))
+
+    model = str(tmp_path / "model")
+    _run("vasa_jax.export", f"--stage1={stage1}", f"--stage2={stage2}", f"--out={model}")
+    import shutil
+
+    shutil.rmtree(hf_dir)
+    out = str(tmp_path / "model.mp4")
+    result = _run("vasa_jax.generate", f"--image={portrait}", f"--audio={audio_path}", f"--out={out}",
+                  f"--model={model}", "--num_steps=2", check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert video.read_mp4(out)["frames"].shape[0] == num_video_frames(int(1.5 * SAMPLE_RATE))
+
+
 def test_write_mp4_is_atomic(tmp_path):
     out = tmp_path / "clip.mp4"
     frames = [np.zeros((16, 16, 3), np.uint8), np.zeros((8, 8, 3), np.uint8)]

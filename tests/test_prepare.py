@@ -427,22 +427,106 @@ def test_command_line_reports_a_missing_input(tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("error: --input")
 
 
-@needs_media
-@pytest.mark.slow
-def test_stage1_trainer_runs_on_the_prepared_dataset(prepared_media, tmp_path):
+@pytest.fixture(scope="module")
+def stage1_on_prepared(prepared_media, tmp_path_factory):
     """A few steps of the real trainer, through the command line, on the prepared real videos."""
     from test_stage1_model import SMALL
 
+    workdir = str(tmp_path_factory.mktemp("stage1_real") / "run")
     overrides = {f"model.{k}": v for k, v in SMALL.items()}
     overrides.update({"data.root": prepared_media["output"], "data.resolution": 32, "data.batch_size": 2,
                       "data.eval_pairs": 2, "data.num_threads": 1, "train.num_steps": 3, "train.eval_every": 3,
                       "train.log_every": 1, "discriminator.channels": "(8,16)"})
     command = [sys.executable, "-m", "vasa_jax.train", "--config=configs/stage1.py:real_tiny",
-               f"--workdir={tmp_path / 'run'}"] + [f"--config.{k}={v}" for k, v in overrides.items()]
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+               f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in overrides.items()]
+    result = subprocess.run(command, cwd=ROOT, env=ONE_DEVICE, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return workdir, result
+
+
+ONE_DEVICE = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+
+
+@needs_media
+@pytest.mark.slow
+def test_stage1_trainer_runs_on_the_prepared_dataset(stage1_on_prepared):
+    _, result = stage1_on_prepared
     assert "step 3/3" in result.stdout and "eval step 3" in result.stdout
     losses = [float(line.split("generator_loss=")[1].split(",")[0]) for line in result.stdout.splitlines()
               if "generator_loss=" in line]
     assert len(losses) == 3 and np.all(np.isfinite(losses))
+
+
+def _run(*args, env=ONE_DEVICE):
+    result = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, " ".join(args) + "\n" + result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@needs_media
+@pytest.mark.slow
+def test_real_videos_end_to_end_to_an_exported_model(prepared_media, stage1_on_prepared, tmp_path):
+    """Prepared real videos -> stage-1 motion dataset (every clip with audio kept, the preparation's labels as its
+    conditions, features by the one audio policy) -> stage 2 -> exported model -> with the workdirs and datasets
+    gone, a talking video from the model folder alone that decodes with the right frames and speech."""
+    from vasa_jax import audio
+    from vasa_jax.data import motion
+
+    stage1, output = stage1_on_prepared[0], prepared_media["output"]
+    motion_dir, stage2, model = str(tmp_path / "motion"), str(tmp_path / "stage2"), str(tmp_path / "model")
+    # Two devices: the encoder's batches are split over them.
+    result = _run("vasa_jax.data.encode_motion", f"--prepared={output}", f"--stage1={stage1}",
+                  f"--output={motion_dir}", "--batch_size=16",
+                  env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2"))
+    index = prepared.load_index(output)["records"]
+    records = _records(output)
+    without_audio = 0
+    for split in prepared.SPLITS:
+        kept = motion.list_clips(motion_dir, split)
+        with_audio = sorted(motion.prepared_clip_name(r) for r in index[split] if r["has_audio"])
+        without_audio += sum(not r["has_audio"] for r in index[split])
+        assert kept == with_audio, (split, kept, with_audio)
+        for entry in index[split]:
+            if not entry["has_audio"]:
+                continue
+            clip = motion.load_clip(motion_dir, split, motion.prepared_clip_name(entry))
+            record = records[(entry["clip"], entry["segment"])]
+            np.testing.assert_array_equal(clip["gaze"], record["main_gaze"])
+            np.testing.assert_array_equal(clip["distance"], [record["head_distance"]])
+            np.testing.assert_array_equal(clip["emotion"], record["emotion"])
+            assert clip["identity"] == record["identity_index"] and len(clip["motion"]) == entry["num_frames"]
+            # Training's features are generation's: frame_features of the record's speech, bit for bit.
+            speech = np.asarray(record["audio"], np.float32) / 32768.0
+            np.testing.assert_array_equal(clip["audio"], audio.frame_features(audio.make_audio_encoder("log_mel"),
+                                                                              speech))
+    assert without_audio == 2 and f"{without_audio} without audio left out" in result.stdout
+    manifest = json.load(open(os.path.join(motion_dir, motion.MANIFEST)))
+    assert manifest["source"] == "prepared" and manifest["emotion_dim"] == 8
+    assert manifest["emotion_classes"][4] == "happiness" and manifest["audio_encoder"]["kind"] == "log_mel"
+
+    # The shared videos' held-out identities have no speech, so the run evaluates on the train split.
+    assert not motion.list_clips(motion_dir, "test")
+    result = _run("vasa_jax.train", "--config=configs/stage2.py:real_tiny", f"--workdir={stage2}",
+                  f"--config.data.root={motion_dir}", "--config.train.num_steps=2", "--config.data.eval_split=train",
+                  "--config.train.checkpoint_every=2", "--config.train.eval_every=2", "--config.data.eval_windows=8")
+    assert "x0_mse_t50_no_audio=" in result.stdout
+    _run("vasa_jax.export", f"--stage1={stage1}", f"--stage2={stage2}", f"--out={model}")
+    assert sorted(os.listdir(model)) == ["README.md", "model.json", "stage1.safetensors", "stage2.safetensors"]
+    assert "x0_mse_t50" in open(os.path.join(model, "README.md")).read()
+
+    shutil.rmtree(stage1)
+    shutil.rmtree(stage2)
+    shutil.rmtree(motion_dir)
+    hidden = output + ".hidden"
+    os.rename(output, hidden)  # the prepared dataset is the module's: moved away while generating, then back
+    try:
+        speech = os.path.join(MEDIA, "audio", "echomimic_echomimic_en_girl.wav")
+        out = str(tmp_path / "talking.mp4")
+        _run("vasa_jax.generate", f"--model={model}", f"--image={_media('images', 'hallo_ref6.jpg')}",
+             f"--audio={speech}", f"--out={out}", "--num_steps=2")
+    finally:
+        os.rename(hidden, output)
+    decoded = video.read_mp4(out)
+    speech_seconds = len(audio.load_audio(speech)) / audio.SAMPLE_RATE
+    assert decoded["frames"].shape == (audio.num_video_frames(len(audio.load_audio(speech))), 32, 32, 3)
+    assert abs(decoded["audio_duration"] - speech_seconds) < 0.03, (decoded["audio_duration"], speech_seconds)

@@ -220,3 +220,39 @@ def test_checkpoint_errors(hf_models, tmp_path):
         w2v.Wav2Vec2Config.from_hf_dict({**cfg, "hidden_act": "relu"})
     with pytest.raises(ValueError, match="model_type is 'hubert'"):
         w2v.Wav2Vec2Config.from_hf_dict({**cfg, "model_type": "hubert"})
+
+
+def test_feature_policy_one_shape_and_streams_equal_offline(hf_models):
+    """Under `frame_features`, every Wav2Vec2 call has the excerpt's shape (one compilation whatever the clip's
+    length), each block sees its excerpt only (normalised on its own audio, then zero-padded), and a stream cut
+    anywhere gives the offline rows bit for bit: the same excerpts go through the same compiled function."""
+    from vasa_jax import audio
+
+    _, st_dir, _ = hf_models["base"]
+    encoder = make_audio_encoder("wav2vec2", checkpoint_dir=st_dir, block_frames=10, left_frames=8, right_frames=5)
+    context, spf = encoder.context, SAMPLE_RATE // 25
+    rng = np.random.default_rng(5)
+    clips = [rng.standard_normal(n).astype(np.float32) * 0.2 for n in (spf * 37 + 100, spf * 12, spf * 3 - 7)]
+    w2v._compiled_forward.cache_clear()
+    features = [audio.frame_features(encoder, x) for x in clips]
+    assert w2v._compiled_forward.cache_info().currsize == 1
+    (compiled,) = {w2v._compiled_forward(encoder.config, "float32", None, encoder.layer, None, encoder.layer,
+                                         context.excerpt_frames)}
+    assert compiled._cache_size() == 1
+    for x, rows in zip(clips, features):
+        assert rows.shape == (num_video_frames(len(x)), 32)
+        chunks = np.split(x, np.sort(rng.integers(0, len(x) + 1, 4)))
+        np.testing.assert_array_equal(np.concatenate(list(audio.stream_frame_features(chunks, encoder))), rows)
+    # Block 1 of the first clip from its excerpt alone: frames 2 .. 25, normalised, no padding.
+    x = clips[0]
+    excerpt = x[(10 - 8) * spf : (20 + 5) * spf]
+    expected = w2v.wav2vec2_video_features(encoder.config, encoder.params, normalize_waveform(excerpt),
+                                           layer=encoder.layer)[8:18]
+    np.testing.assert_allclose(features[0][10:20], expected, rtol=0, atol=1e-6)
+    # Whole-clip features differ (attention across the clip, per-clip normalisation): what the policy is for.
+    whole = encoder(x)
+    assert np.abs(whole[10:20] - features[0][10:20]).max() > 1e-3
+    description = encoder.description()
+    assert (description["block_frames"], description["left_frames"], description["right_frames"]) == (10, 8, 5)
+    rebuilt = audio.encoder_from_description(description)
+    np.testing.assert_array_equal(audio.frame_features(rebuilt, clips[1]), features[1])

@@ -12,10 +12,16 @@ whatever the source file's rate, bit depth or channel count.
 * Two encoders behind one interface (`make_audio_encoder`): "log_mel", the embedded default that needs no weights,
   and "wav2vec2", VASA's choice, backed by `vasa_jax.models.wav2vec2` and a Hugging Face checkpoint. Both are
   callables `waveform [N] -> features [T, feature_dim]` with `T == num_video_frames(N)`.
+* One feature policy for training and generation (`frame_features`, `stream_frame_features`): a clip's features
+  are computed block by block, each block of frames from a fixed-length excerpt of audio around it (the encoder's
+  `FeatureContext`). Motion datasets, offline generation and streaming all call these two functions, so a frame's
+  features see the same audio wherever they are computed: Wav2Vec2, which normalises each input and attends across
+  all of it, gives the same rows in training and generation, and compiles once (every excerpt has one shape).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fractions
 import inspect
 import json
@@ -37,6 +43,10 @@ __all__ = [
     "Wav2Vec2Encoder",
     "AUDIO_ENCODERS",
     "make_audio_encoder",
+    "FeatureContext",
+    "frame_features",
+    "stream_frame_features",
+    "encoder_from_description",
 ]
 
 SAMPLE_RATE = 16000
@@ -223,8 +233,19 @@ class LogMelEncoder:
         self.fps = fps
         self.feature_dim = 2 * self.num_mels
 
-    def __call__(self, waveform: np.ndarray) -> np.ndarray:
-        return log_mel_features(waveform, self.sample_rate, self.fps, self.num_mels)
+    def __call__(self, waveform: np.ndarray, padding: tuple = (0, 0)) -> np.ndarray:
+        """Features of the waveform with `padding` (before, after) zero samples around it."""
+        x = _as_waveform(waveform, "log_mel encoder")
+        return log_mel_features(np.pad(x, padding), self.sample_rate, self.fps, self.num_mels)
+
+    @property
+    def context(self) -> "FeatureContext":
+        # A row depends on audio within half an FFT window (16 ms) of its frame: one frame either side covers it,
+        # so block-wise rows equal those of the whole clip (tested), and a stream waits 40 ms past a block.
+        return FeatureContext(block_frames=25, left_frames=1, right_frames=1)
+
+    def description(self) -> dict:
+        return {"kind": self.kind, "num_mels": self.num_mels, "feature_dim": self.feature_dim}
 
     def __repr__(self) -> str:
         return f"LogMelEncoder(num_mels={self.num_mels}, feature_dim={self.feature_dim})"
@@ -274,7 +295,12 @@ class Wav2Vec2Encoder:
       resample_at: "output" (default) runs the transformer at its native 50 Hz and interpolates the chosen layer;
         "conv_features" interpolates the convolutional features before the transformer, as JoyVASA does.
 
-    The whole waveform is encoded in one pass, so attention sees the full clip; each new length compiles once.
+      block_frames, left_frames, right_frames: the `FeatureContext` of `frame_features`: rows are computed
+        block_frames at a time from an excerpt of left + block + right frames of audio (defaults 1 s, 2 s and 1 s:
+        the positional convolution alone spans 2.5 s). A stream waits for right_frames past a block.
+
+    Called directly, the whole waveform is encoded in one pass and each new length compiles once; through
+    `frame_features` every call has the excerpt's one shape.
     """
 
     kind = "wav2vec2"
@@ -286,8 +312,13 @@ class Wav2Vec2Encoder:
         dtype: Any = "float32",
         normalize: bool | None = None,
         resample_at: str = "output",
+        block_frames: int = 25,
+        left_frames: int = 50,
+        right_frames: int = 25,
     ):
         from vasa_jax.models import wav2vec2 as w2v
+
+        self.context = FeatureContext(int(block_frames), int(left_frames), int(right_frames))
 
         self.checkpoint_dir = os.fspath(checkpoint_dir)
         self.config, self.params = w2v.load_wav2vec2(self.checkpoint_dir)
@@ -308,14 +339,25 @@ class Wav2Vec2Encoder:
         self.feature_dim = self.config.hidden_size
         self._features = w2v.wav2vec2_video_features
 
-    def __call__(self, waveform: np.ndarray) -> np.ndarray:
+    def __call__(self, waveform: np.ndarray, padding: tuple = (0, 0)) -> np.ndarray:
+        """Features of the waveform with `padding` (before, after) zero samples around it, added after the
+        normalisation as Hugging Face's feature extractor pads a batch (the statistics are the audio's own)."""
         x = _as_waveform(waveform, "wav2vec2 encoder")
         if self.normalize:
             x = normalize_waveform(x)
+        x = np.pad(x, padding)
         feats = self._features(
             self.config, self.params, x, layer=self.layer, dtype=self.dtype, resample_at=self.resample_at
         )
         return np.asarray(feats, np.float32)
+
+    def description(self) -> dict:
+        """What rebuilds this encoder with `encoder_from_description` (the checkpoint folder may be replaced)."""
+        return {"kind": self.kind, "checkpoint_dir": os.path.abspath(self.checkpoint_dir), "layer": self.layer,
+                "dtype": self.dtype if isinstance(self.dtype, str) else np.dtype(self.dtype).name,
+                "normalize": self.normalize, "resample_at": self.resample_at,
+                "block_frames": self.context.block_frames, "left_frames": self.context.left_frames,
+                "right_frames": self.context.right_frames, "feature_dim": self.feature_dim}
 
     def __repr__(self) -> str:
         return (f"Wav2Vec2Encoder({self.checkpoint_dir!r}, layer={self.layer}, feature_dim={self.feature_dim}, "
@@ -347,3 +389,110 @@ def make_audio_encoder(kind: str, **options):
     if required:
         raise ValueError(f"audio encoder {kind!r}: missing required option(s) {required}")
     return cls(**options)
+
+
+# ---------------------------------------------------------------------------
+# the feature policy: what audio a frame's features see, in training and generation alike
+# ---------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class FeatureContext:
+    """How an encoder's rows are computed by `frame_features`: `block_frames` rows per call, from the excerpt of
+    audio from `left_frames` before the block to `right_frames` after it. Where the excerpt runs past either end of
+    the clip it is zero-padded, so every call has one shape and a block's rows depend only on the audio within
+    its excerpt (the encoder normalises the audio it was given, then pads)."""
+
+    block_frames: int
+    left_frames: int
+    right_frames: int
+
+    def __post_init__(self):
+        if self.block_frames < 1 or self.left_frames < 0 or self.right_frames < 0:
+            raise ValueError(f"feature context needs block_frames >= 1 and non-negative context, got {self}")
+
+    @property
+    def excerpt_frames(self) -> int:
+        return self.left_frames + self.block_frames + self.right_frames
+
+    @property
+    def lookahead_seconds(self) -> float:
+        """The most audio past a frame that a stream waits for before the frame's features are final (the frame
+        first in its block waits for the rest of the block and the right context)."""
+        return (self.block_frames - 1 + self.right_frames) / VIDEO_FPS
+
+
+def _samples_per_frame() -> int:
+    return SAMPLE_RATE // VIDEO_FPS  # 640: every excerpt starts on a frame boundary
+
+
+def _block_rows(encoder, audio: np.ndarray, audio_start_frame: int, block: int, total_frames: int) -> np.ndarray:
+    """Rows of block `block` of a clip of `total_frames` frames; `audio` holds the clip's frame-aligned samples from
+    frame `audio_start_frame` on, at least up to the excerpt's end or the clip's."""
+    context, spf = encoder.context, _samples_per_frame()
+    first = block * context.block_frames
+    start, end = first - context.left_frames, first + context.block_frames + context.right_frames
+    lo, hi = max(start, 0), min(end, total_frames)
+    excerpt = audio[(lo - audio_start_frame) * spf : (hi - audio_start_frame) * spf]
+    rows = encoder(excerpt, padding=((lo - start) * spf, (end - hi) * spf))
+    return rows[context.left_frames : context.left_frames + min(context.block_frames, total_frames - first)]
+
+
+def _frame_aligned(waveform: np.ndarray) -> np.ndarray:
+    """The waveform cut or zero-padded to exactly num_video_frames(N) whole frames of samples."""
+    total = num_video_frames(len(waveform)) * _samples_per_frame()
+    return np.pad(waveform[:total], (0, max(0, total - len(waveform))))
+
+
+def frame_features(encoder, waveform: np.ndarray) -> np.ndarray:
+    """A clip's audio features [num_video_frames(N), feature_dim] under the project's one feature policy: block by
+    block as `encoder.context` says. Motion datasets (training) and offline generation call this;
+    `stream_frame_features` gives the same rows from audio chunks."""
+    x = _frame_aligned(_as_waveform(waveform, "frame_features"))
+    total = len(x) // _samples_per_frame()
+    blocks = -(-total // encoder.context.block_frames)
+    if blocks == 0:
+        return np.zeros((0, encoder.feature_dim), np.float32)
+    return np.concatenate([_block_rows(encoder, x, 0, b, total) for b in range(blocks)]).astype(np.float32)
+
+
+def stream_frame_features(waveform_chunks, encoder):
+    """`frame_features` of the concatenated chunks, yielded a block of rows at a time as soon as they are final:
+    once `encoder.context.right_frames` past the block have arrived (at most `lookahead_seconds` past any of its
+    frames), the last block when the chunks end. Only the audio still needed is kept, so memory stays bounded."""
+    context, spf = encoder.context, _samples_per_frame()
+    buffer, buffer_frame, received, block = np.zeros((0,), np.float32), 0, 0, 0
+    for chunk in waveform_chunks:
+        chunk = _as_waveform(np.asarray(chunk, np.float32).reshape(-1), "stream_frame_features")
+        buffer = np.concatenate([buffer, chunk])
+        received += len(chunk)
+        while received // spf >= (block + 1) * context.block_frames + context.right_frames:
+            # The clip is at least as long as the excerpt's end: its rows are the whole clip's.
+            yield _block_rows(encoder, buffer, buffer_frame, block, received // spf)
+            block += 1
+            keep = max(0, block * context.block_frames - context.left_frames)  # the next excerpt's first frame
+            buffer, buffer_frame = buffer[(keep - buffer_frame) * spf :], keep
+    total = num_video_frames(received)
+    kept = (total - buffer_frame) * spf
+    buffer = np.pad(buffer[:kept], (0, max(0, kept - len(buffer))))
+    while block * context.block_frames < total:
+        yield _block_rows(encoder, buffer, buffer_frame, block, total)
+        block += 1
+
+
+def encoder_from_description(description, checkpoint_dir: str | None = None):
+    """The audio encoder a description names. `checkpoint_dir` replaces a Wav2Vec2 description's folder (an
+    exported model carries its own copy). Motion datasets written before descriptions were dicts recorded the
+    encoder's repr: a log-mel one is rebuilt, a Wav2Vec2 one needs a new encoding."""
+    if isinstance(description, str):
+        if description.startswith("LogMelEncoder"):
+            return make_audio_encoder("log_mel")
+        raise ValueError(f"audio encoder {description!r} is recorded without its options; re-encode the motion "
+                         "dataset with this version of vasa_jax.data.encode_motion")
+    options = {k: v for k, v in description.items() if k not in ("kind", "feature_dim")}
+    if checkpoint_dir is not None and description.get("kind") == "wav2vec2":
+        options["checkpoint_dir"] = checkpoint_dir
+    encoder = make_audio_encoder(description.get("kind"), **options)
+    if "feature_dim" in description and encoder.feature_dim != description["feature_dim"]:
+        raise ValueError(f"audio encoder {description}: rebuilt with {encoder.feature_dim}-d features, recorded "
+                         f"{description['feature_dim']}")
+    return encoder

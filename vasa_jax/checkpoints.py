@@ -1,13 +1,16 @@
-"""Trained models read from training workdirs: the one place weights are loaded from, below the trainer.
+"""Trained models read from training workdirs or exported model folders: the one place weights are loaded from,
+below the trainer.
 
-Generation, `encode_motion`, evaluation and the benchmarks call `load_stage1` / `load_stage2`; none of them imports
-the training tasks. A workdir's checkpoints hold the whole training state (parameters, optimizer state, step), the
+Generation, `encode_motion`, evaluation and the benchmarks call `load_stage1` / `load_stage2` / `load_model`; none
+of them imports the training tasks. A workdir's checkpoints hold the whole training state (parameters, optimizer state, step), the
 data iterator's position and the config (`vasa_jax.train.checkpointing` writes them). Inference needs one
 network's parameters only, so only those are restored (orbax's partial restore of `state/params/<network>`): no
 optimizer, discriminator or loss network is built, and the optimizer state is not read from disk.
 """
 
 import dataclasses
+import hashlib
+import json
 import os
 from typing import Any, Mapping
 
@@ -22,6 +25,7 @@ from vasa_jax.models.stage1 import FaceLatentModel, Stage1ModelConfig
 from vasa_jax.models.stage2 import MotionDiT, Stage2ModelConfig, example_inputs
 
 CHECKPOINT_ITEMS = ("state", "data", "config")  # one step directory: training state, data iterator, config
+EVAL_FILE = "eval.json"  # a workdir's latest evaluation metrics, written by the trainer
 
 
 def checkpoint_directory(workdir: str) -> str:
@@ -37,6 +41,13 @@ def _open(workdir: str) -> ocp.CheckpointManager:
     if manager.latest_step() is None:
         raise FileNotFoundError(f"{directory} holds no complete checkpoint")
     return manager
+
+
+def latest_step(workdir: str) -> int:
+    manager = _open(workdir)
+    step = manager.latest_step()
+    manager.close()
+    return int(step)
 
 
 def read_config(workdir: str):
@@ -78,22 +89,30 @@ class Stage1Model:
     config: Any  # the training config (ml_collections.ConfigDict) it was trained with
 
 
+def _stage1_abstract(model: FaceLatentModel):
+    image = jnp.zeros((1, model.cfg.image_size, model.cfg.image_size, 3), jnp.float32)
+    return jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), image, image)["params"]))
+
+
 def load_stage1(workdir: str) -> Stage1Model:
     """The stage-1 model of the latest checkpoint of a stage-1 training workdir."""
     config = read_config(workdir)
     if _task_of(config) != "stage1":
         raise ValueError(f"{workdir} is a {_task_of(config)} workdir, not a stage-1 one")
     model = FaceLatentModel(Stage1ModelConfig.from_config(config.model))
-    image = jnp.zeros((1, model.cfg.image_size, model.cfg.image_size, 3), jnp.float32)
-    abstract = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), image, image)["params"]))
-    return Stage1Model(model, restore_params(workdir, "generator", abstract), config)
+    return Stage1Model(model, restore_params(workdir, "generator", _stage1_abstract(model)), config)
 
 
-def stage2_model_config(config) -> Stage2ModelConfig:
-    """The DiT's sizes for a stage-2 config: its `model` section, the dimensions recorded in the motion dataset's
-    manifest and the noise schedule (the network's output is preconditioned by it)."""
-    manifest = motion_data.read_json(os.path.join(config.data.root, motion_data.MANIFEST))
-    dims = {k: manifest[k] for k in ("motion_dim", "audio_dim", "emotion_dim")}
+STAGE2_DIMS = ("motion_dim", "audio_dim", "emotion_dim")  # what a stage-2 network takes from its dataset
+
+
+def stage2_model_config(config, dims: Mapping[str, int] | None = None) -> Stage2ModelConfig:
+    """The DiT's sizes for a stage-2 config: its `model` section, the dimensions of its data (`dims`; default:
+    those recorded in the motion dataset's manifest) and the noise schedule (the network's output is
+    preconditioned by it)."""
+    if dims is None:
+        dims = motion_data.read_json(os.path.join(config.data.root, motion_data.MANIFEST))
+    dims = {k: dims[k] for k in STAGE2_DIMS}
     return Stage2ModelConfig.from_config({**dict(config.model), **dims, **dict(config.diffusion)})
 
 
@@ -107,6 +126,11 @@ class Stage2Model:
     stats: Mapping[str, np.ndarray]  # motion_data.STATS of the training dataset
 
 
+def _stage2_abstract(model_cfg: Stage2ModelConfig):
+    return jax.eval_shape(
+        lambda: nn.unbox(MotionDiT(model_cfg).init(jax.random.key(0), *example_inputs(model_cfg))["params"]))
+
+
 def load_stage2(workdir: str) -> Stage2Model:
     """The stage-2 model of the latest checkpoint of a stage-2 training workdir (the statistics are read from
     the training dataset's folder, `config.data.root`)."""
@@ -114,8 +138,104 @@ def load_stage2(workdir: str) -> Stage2Model:
     if _task_of(config) != "stage2":
         raise ValueError(f"{workdir} is a {_task_of(config)} workdir, not a stage-2 one")
     model_cfg = stage2_model_config(config)
-    abstract = jax.eval_shape(
-        lambda: nn.unbox(MotionDiT(model_cfg).init(jax.random.key(0), *example_inputs(model_cfg))["params"]))
     stats = motion_data.read_json(os.path.join(config.data.root, motion_data.STATS))
     stats = {k: np.asarray(v, np.float32) for k, v in stats.items()}
-    return Stage2Model(model_cfg, restore_params(workdir, "dit", abstract), config, stats)
+    return Stage2Model(model_cfg, restore_params(workdir, "dit", _stage2_abstract(model_cfg)), config, stats)
+
+
+# ------------------------------------------------------------------------------------------ exported models
+# An exported model folder (`python -m vasa_jax.export`) holds everything generation needs, no workdir or dataset:
+#   model.json           format, both training configs, the DiT's data dimensions, the normalisation statistics,
+#                        the audio encoder's description, the emotion class names, and the SHA-256 of each file
+#   stage1.safetensors   the face latent model's parameters, keys "path/to/leaf"
+#   stage2.safetensors   the motion DiT's parameters
+#   audio_encoder/       a Wav2Vec2 encoder's config.json and flax_model.safetensors (log-mel needs nothing)
+#   README.md            the model card
+MODEL_FILE = "model.json"
+MODEL_FORMAT = 1
+PARAM_FILES = {"stage1": "stage1.safetensors", "stage2": "stage2.safetensors"}
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def flat_params(params: Any) -> dict:
+    """A parameter tree as {"path/to/leaf": numpy array}: the key layout of exported safetensors files."""
+    from flax import traverse_util
+
+    return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(params, sep="/").items()}
+
+
+def params_from_flat(flat: Mapping[str, np.ndarray], abstract: Any, what: str) -> Any:
+    """The tree of `abstract` (ShapeDtypeStruct leaves) filled from `flat`; ValueError naming the first key that is
+    missing, unexpected or of the wrong shape."""
+    from flax import traverse_util
+
+    expected = traverse_util.flatten_dict(abstract, sep="/")
+    missing, unexpected = sorted(set(expected) - set(flat)), sorted(set(flat) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{what}: parameters do not fit the model (missing {missing[:3]}, unexpected "
+                         f"{unexpected[:3]})")
+    for key, leaf in expected.items():
+        if tuple(flat[key].shape) != tuple(leaf.shape):
+            raise ValueError(f"{what}: parameter {key} has shape {tuple(flat[key].shape)}, the model needs "
+                             f"{tuple(leaf.shape)}")
+    return traverse_util.unflatten_dict({k: jnp.asarray(flat[k], leaf.dtype) for k, leaf in expected.items()},
+                                        sep="/")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportedModel:
+    """Both stages and what generation needs beside them, read from an exported model folder."""
+
+    stage1: Stage1Model
+    stage2: Stage2Model
+    audio_encoder: Mapping[str, Any]  # description for vasa_jax.audio.encoder_from_description
+    audio_encoder_dir: str | None  # the folder of a Wav2Vec2 encoder's weights inside the model folder
+    emotion_classes: tuple
+    info: Mapping[str, Any]  # model.json as written
+
+
+def load_model(directory: str) -> ExportedModel:
+    """An exported model folder. Refuses, with one line, a folder that is not one, a file whose checksum differs
+    from model.json's (a part from another export) and parameters that do not fit the recorded configs."""
+    import ml_collections
+    from safetensors.numpy import load_file
+
+    path = os.path.join(directory, MODEL_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{directory} is not an exported model ({MODEL_FILE} missing): "
+                                "python -m vasa_jax.export writes one")
+    with open(path) as fh:
+        info = json.load(fh)
+    if info.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{path}: model format {info.get('format')!r}, this version reads {MODEL_FORMAT}")
+    for name, digest in info["files"].items():
+        file = os.path.join(directory, name)
+        if not os.path.isfile(file):
+            raise FileNotFoundError(f"{directory}: {name} is missing")
+        if file_sha256(file) != digest:
+            raise ValueError(f"{directory}: {name} does not belong to this model (its SHA-256 differs from "
+                             f"{MODEL_FILE}'s)")
+    config1 = ml_collections.ConfigDict(info["stage1_config"])
+    config2 = ml_collections.ConfigDict(info["stage2_config"])
+    model1 = FaceLatentModel(Stage1ModelConfig.from_config(config1.model))
+    model_cfg2 = stage2_model_config(config2, info["stage2_dims"])
+    read = lambda stage: load_file(os.path.join(directory, PARAM_FILES[stage]))
+    params1 = params_from_flat(read("stage1"), _stage1_abstract(model1), f"{directory}/{PARAM_FILES['stage1']}")
+    params2 = params_from_flat(read("stage2"), _stage2_abstract(model_cfg2), f"{directory}/{PARAM_FILES['stage2']}")
+    stats = {k: np.asarray(v, np.float32) for k, v in info["stats"].items()}
+    encoder_dir = info.get("audio_encoder_dir")
+    return ExportedModel(
+        stage1=Stage1Model(model1, params1, config1),
+        stage2=Stage2Model(model_cfg2, params2, config2, stats),
+        audio_encoder=info["audio_encoder"],
+        audio_encoder_dir=os.path.join(directory, encoder_dir) if encoder_dir else None,
+        emotion_classes=tuple(info.get("emotion_classes", ())),
+        info=info,
+    )

@@ -33,6 +33,7 @@ from typing import Dict
 
 import numpy as np
 
+from vasa_jax.audio import frame_features
 from vasa_jax.data import motion as motion_data
 
 
@@ -390,7 +391,7 @@ def lip_sync_from_pixels(pipeline, judge, clips, data, num_steps: int = 10, seed
     for index, clip in enumerate(clips):
         frames = synthetic.render_clip(clip, pipeline.resolution)
         source = pipeline.encode_source(frames[portrait_index(clip)])
-        features = pipeline.audio_encoder(clip.audio)
+        features = frame_features(pipeline.audio_encoder, clip.audio)
 
         def animate(**kwargs):
             motion = pipeline.sampler.sample(features, num_steps=num_steps, seed=seed + index, **kwargs)

@@ -1,12 +1,13 @@
 """Portrait + speech -> talking-head video (VASA-1 section 3.3): encode the face once with stage 1, generate the
 motion window by window with stage 2, render every frame with stage 1's decoder, write an mp4 with the speech.
 
+  python -m vasa_jax.generate --image FACE.jpg --audio SPEECH.wav --out OUT.mp4 --model MODEL_DIR
   python -m vasa_jax.generate --image FACE.jpg --audio SPEECH.wav --out OUT.mp4 --stage1 DIR --stage2 DIR
       [--gaze THETA,PHI] [--distance D] [--emotion NAME|v1,v2,...] [--audio_guidance 0.5] [--gaze_guidance 1.0]
       [--num_steps 50] [--seed 0] [--resolution S] [--crop face|center] [--paste_back]
 
 Python:
-  pipeline = TalkingHeadPipeline.from_workdirs(stage1_dir, stage2_dir)
+  pipeline = TalkingHeadPipeline.from_model(model_dir)   # python -m vasa_jax.export; or .from_workdirs(s1, s2)
   video = pipeline.generate("face.jpg", "speech.wav")             # frames uint8 [T, H, W, 3] + 16 kHz audio
   for frames in pipeline.stream("face.jpg", audio_chunks): ...     # frames as soon as each window is ready
 
@@ -27,20 +28,17 @@ from typing import TYPE_CHECKING, Iterable, Iterator, Mapping, Optional
 
 import numpy as np
 
-from vasa_jax.audio import SAMPLE_RATE, VIDEO_FPS, load_audio, make_audio_encoder
+from vasa_jax.audio import SAMPLE_RATE, VIDEO_FPS, encoder_from_description, load_audio, stream_frame_features
+from vasa_jax.data import emotion as emotion_data
 
 if TYPE_CHECKING:  # JAX is imported when a model is built, not before: a bad flag is reported at once
     from vasa_jax.sampling import Controls, MotionSampler
 
-# Audio kept either side of the feature rows being computed while streaming: log-mel rows depend on audio within
-# half an analysis window (16 ms at 16 kHz) of them; 0.2 s is a wide safety margin, and the look-ahead a live
-# stream waits for beyond a window's own audio.
-FEATURE_MARGIN_SECONDS = 0.2
 POSE_DIM = 7  # z_pose: yaw, pitch, roll, translation (3), scale; the rest of a motion vector is z_dyn
 # Emotion presets: one-hot directions of the emotion condition, by its size: the 8 classes of HSEmotion (real data)
 # or the 4 emotions of the synthetic heads.
 EMOTION_PRESETS = {
-    8: ("anger", "contempt", "disgust", "fear", "happiness", "neutral", "sadness", "surprise"),
+    len(emotion_data.HSEMOTION_CLASSES): emotion_data.HSEMOTION_CLASSES,
     4: ("neutral", "happy", "angry", "surprised"),  # vasa_jax.data.synthetic.EMOTIONS
 }
 
@@ -204,7 +202,7 @@ class TalkingHeadPipeline:
     @classmethod
     def from_workdirs(cls, stage1_dir: str, stage2_dir: str, audio_encoder=None, **kwargs) -> "TalkingHeadPipeline":
         """From the latest checkpoints of a stage-1 and a stage-2 training workdir. The audio encoder is rebuilt
-        from the stage-2 dataset's manifest for log-mel; pass `audio_encoder` for Wav2Vec2 datasets."""
+        from the stage-2 dataset's manifest (a Wav2Vec2 one from the checkpoint folder it names) unless given."""
         from vasa_jax import checkpoints
         from vasa_jax.data import motion as motion_data
         from vasa_jax.sampling import MotionSampler
@@ -232,14 +230,31 @@ class TalkingHeadPipeline:
         trained_with = manifest.get("stage1_workdir")
         if trained_with and os.path.realpath(trained_with) != os.path.realpath(stage1_dir):
             warnings.warn(f"stage 2 was trained on latents of {trained_with}, not of {stage1_dir}")
-        if audio_encoder is None:
-            if not str(manifest.get("audio_encoder", "")).startswith("LogMelEncoder"):
-                raise GenerationError(f"stage 2 was trained on {manifest.get('audio_encoder')} features: pass that "
-                                      "audio encoder (make_audio_encoder('wav2vec2', checkpoint_dir=...))")
-            audio_encoder = make_audio_encoder("log_mel")
+        if audio_encoder is None:  # the one the motion dataset was encoded with
+            try:
+                audio_encoder = encoder_from_description(manifest.get("audio_encoder", ""))
+            except (ValueError, OSError) as err:
+                raise GenerationError(f"the audio encoder stage 2 was trained with: {err}") from None
         stage1 = checkpoints.load_stage1(stage1_dir)
         sampler = MotionSampler.from_trained(checkpoints.load_stage2(stage2_dir))
         return cls(stage1.model, stage1.params, sampler, audio_encoder, **kwargs)
+
+    @classmethod
+    def from_model(cls, model_dir: str, audio_encoder=None, **kwargs) -> "TalkingHeadPipeline":
+        """From an exported model folder (`python -m vasa_jax.export`): no workdir or dataset needed."""
+        from vasa_jax import checkpoints
+        from vasa_jax.sampling import MotionSampler
+
+        if not model_dir or not os.path.isdir(model_dir):
+            raise GenerationError(f"--model {model_dir!r} is not a directory")
+        try:
+            model = checkpoints.load_model(model_dir)
+            if audio_encoder is None:
+                audio_encoder = encoder_from_description(model.audio_encoder, checkpoint_dir=model.audio_encoder_dir)
+        except (ValueError, OSError) as err:
+            raise GenerationError(str(err)) from None
+        return cls(model.stage1.model, model.stage1.params, MotionSampler.from_trained(model.stage2), audio_encoder,
+                   **kwargs)
 
     # ------------------------------------------------------------------------------------------------ pieces
     def encode_source(self, image) -> dict:
@@ -331,7 +346,8 @@ class TalkingHeadPipeline:
                num_steps: int = 50, guidance: Mapping[str, float] = (("audio", 0.5), ("gaze", 1.0)),
                seed: int = 0) -> Iterator[np.ndarray]:
         """Rendered frames [n, H, W, 3], yielded window by window while 16 kHz mono audio chunks arrive. The same
-        seed gives the same frames as `generate`. `last_stream_latency` holds the seconds from the first audio
+        seed gives the same frames as `generate` (the features follow `vasa_jax.audio.stream_frame_features`: a
+        window is generated once its audio and `audio_encoder.context.lookahead_seconds` more have arrived). `last_stream_latency` holds the seconds from the first audio
         chunk to the first frames. `image` is a photo or what `encode_source` returned for one. The controls and
         the photo are checked when called, before the first chunk is asked for."""
         controls = self._controls(gaze, distance, emotion)
@@ -349,7 +365,7 @@ class TalkingHeadPipeline:
                     started = time.perf_counter()
                 yield np.asarray(chunk, np.float32).reshape(-1)
 
-        features = _stream_features(timed_chunks(), self.audio_encoder, self.sampler.cfg.window)
+        features = _windows(stream_frame_features(timed_chunks(), self.audio_encoder), self.sampler.cfg.window)
         for motion in self.sampler.windows_from_chunks(features, controls=controls, num_steps=num_steps,
                                                        guidance=guidance, seed=seed):
             frames = self.render(source, motion)
@@ -358,43 +374,19 @@ class TalkingHeadPipeline:
             yield frames
 
 
-def _stream_features(waveform_chunks: Iterable[np.ndarray], encoder, window: int) -> Iterator[np.ndarray]:
-    """Audio features [W, A] per window (the last may be shorter) as soon as the audio for them is final.
-
-    Each window's rows are computed from the audio around it, FEATURE_MARGIN_SECONDS either side: log-mel rows
-    depend only on audio within half an analysis window, so the rows equal those of the whole clip however the
-    audio was chunked. Only the audio still needed is kept, so memory stays bounded for long streams."""
-    from vasa_jax.audio import num_video_frames
-
-    margin = int(FEATURE_MARGIN_SECONDS * SAMPLE_RATE)
-    samples_per_frame = SAMPLE_RATE // VIDEO_FPS
-    buffer = np.zeros((0,), np.float32)
-    buffer_start = 0  # sample index (in the whole stream) of buffer[0]; always a whole number of frames
-    emitted = total = 0
-    for chunk in waveform_chunks:
-        buffer = np.concatenate([buffer, chunk])
-        total += len(chunk)
-        while (total - margin) // samples_per_frame >= emitted + window:
-            yield _feature_rows(encoder, buffer, buffer_start, emitted, emitted + window, margin)
-            emitted += window
-            keep_from = max(0, emitted * samples_per_frame - margin) // samples_per_frame * samples_per_frame
-            buffer, buffer_start = buffer[keep_from - buffer_start :], keep_from
-    last = num_video_frames(total)
-    while emitted < last:
-        end = min(emitted + window, last)
-        yield _feature_rows(encoder, buffer, buffer_start, emitted, end, margin)
-        emitted = end
-
-
-def _feature_rows(encoder, buffer: np.ndarray, buffer_start: int, first: int, end: int, margin: int) -> np.ndarray:
-    """Feature rows [first, end) of the whole stream from the audio around them (`buffer` starts at sample
-    `buffer_start` of the stream, a whole number of frames)."""
-    samples_per_frame = SAMPLE_RATE // VIDEO_FPS
-    lo = max(buffer_start, first * samples_per_frame - margin) // samples_per_frame * samples_per_frame
-    hi = end * samples_per_frame + margin
-    rows = encoder(buffer[lo - buffer_start : hi - buffer_start])
-    offset = lo // samples_per_frame
-    return rows[first - offset : end - offset]
+def _windows(blocks: Iterable[np.ndarray], window: int) -> Iterator[np.ndarray]:
+    """Rows regrouped into windows of `window` rows (the last may be shorter), each as soon as it is complete."""
+    pending = []
+    count = 0
+    for rows in blocks:
+        pending.append(rows)
+        count += len(rows)
+        while count >= window:
+            rows = np.concatenate(pending)
+            yield rows[:window]
+            pending, count = [rows[window:]], count - window
+    if count:
+        yield np.concatenate(pending)
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
@@ -411,6 +403,10 @@ def checked_flags(f) -> Optional[list]:
             raise GenerationError(f"--{flag}={text}: not a finite number")
         return value
 
+    if bool(f.model) == bool(f.stage1 or f.stage2):
+        raise GenerationError("give either --model (an exported model) or both --stage1 and --stage2 (workdirs)")
+    if not f.model and not (f.stage1 and f.stage2):
+        raise GenerationError("--stage1 and --stage2 go together (or give --model)")
     gaze = None
     if f.gaze is not None:
         parts = f.gaze.split(",")
@@ -454,8 +450,11 @@ def main(argv):
         gaze = checked_flags(f)
         image = load_image(f.image)  # the inputs first: a bad file fails before any checkpoint is read
         audio = load_audio(f.audio)
-        pipeline = TalkingHeadPipeline.from_workdirs(f.stage1, f.stage2, output_size=f.resolution, crop=f.crop,
-                                                     paste_back=f.paste_back)
+        options = dict(output_size=f.resolution, crop=f.crop, paste_back=f.paste_back)
+        if f.model:
+            pipeline = TalkingHeadPipeline.from_model(f.model, **options)
+        else:
+            pipeline = TalkingHeadPipeline.from_workdirs(f.stage1, f.stage2, **options)
         started = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -490,8 +489,9 @@ if __name__ == "__main__":
     flags.DEFINE_string("audio", None, "speech: wav, flac, ogg, mp3, or any container FFmpeg reads (m4a, the audio "
                         "of an mp4/mov/mkv/webm video); any rate and channel count", required=True)
     flags.DEFINE_string("out", None, "output mp4", required=True)
-    flags.DEFINE_string("stage1", None, "stage-1 training workdir", required=True)
-    flags.DEFINE_string("stage2", None, "stage-2 training workdir", required=True)
+    flags.DEFINE_string("model", None, "an exported model folder (python -m vasa_jax.export)")
+    flags.DEFINE_string("stage1", None, "stage-1 training workdir (instead of --model)")
+    flags.DEFINE_string("stage2", None, "stage-2 training workdir (instead of --model)")
     flags.DEFINE_string("gaze", None, "main gaze THETA,PHI in degrees (default: not controlled)")
     flags.DEFINE_float("distance", None, "head distance, in the dataset's units (default: not controlled)")
     flags.DEFINE_string("emotion", None, "emotion preset (8-d models: HSEmotion's classes, e.g. happiness; "

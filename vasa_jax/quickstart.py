@@ -70,7 +70,7 @@ def main(argv):
     from vasa_jax import judge as judge_lib
     from vasa_jax.audio import make_audio_encoder
     from vasa_jax.data import synthetic
-    from vasa_jax.data.encode_motion import build, manifest_for, stage1_motion_fn
+    from vasa_jax.data.encode_motion import build, manifest_for, stage1_frame_encoder
     from vasa_jax.generate import TalkingHeadPipeline
     from vasa_jax.train import loop
     from vasa_jax.video import write_mp4
@@ -94,10 +94,10 @@ def main(argv):
     stage1_eval = loop.train(config1, paths["stage1"])
 
     say(f"3/5 encoding every synthetic clip with stage 1 -> {paths['motion']}")
-    motion_fn, _ = stage1_motion_fn(paths["stage1"], batch_size=50)
+    encode_frames, _ = stage1_frame_encoder(paths["stage1"], batch_size=50)
     audio_encoder = make_audio_encoder("log_mel")
-    build(paths["motion"], motion_fn, audio_encoder, data, manifest_for("stage1", paths["stage1"], audio_encoder),
-          log=say)
+    build(paths["motion"], lambda render, truth: encode_frames(render()), audio_encoder, data,
+          manifest_for("stage1", paths["stage1"], audio_encoder, "synthetic", synthetic.EMOTIONS), log=say)
 
     config2 = stage2_config.get_config("tiny")
     config2.data.root = paths["motion"]

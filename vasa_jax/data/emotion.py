@@ -1,5 +1,5 @@
 """Per-clip emotion vectors from an ONNX facial-expression classifier (optional; e.g. HSEmotion's `enet_b0_8_*`
-models, whose 8 classes are `vasa_jax.generate.EMOTION_PRESETS[8]`), run with onnxruntime on tight face crops.
+models, whose 8 classes are `HSEMOTION_CLASSES`), run with onnxruntime on tight face crops.
 
 Preprocessing follows HSEmotion's: the face's box (here the square around its 468 mesh points) resized to the
 model's input size, RGB scaled to [0, 1] and normalised with the ImageNet mean and std, NCHW float32.
@@ -15,6 +15,8 @@ import numpy as np
 
 from vasa_jax.data import face
 
+# The classes of HSEmotion's 8-class models, in their output order.
+HSEMOTION_CLASSES = ("anger", "contempt", "disgust", "fear", "happiness", "neutral", "sadness", "surprise")
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 DEFAULT_INPUT_SIZE = 224

@@ -121,6 +121,7 @@ def synthetic_clip_records(
     """Yield (name, record) for every clip of a synthetic split that is not in `skip` (already written).
     `motion_fn(render, ground_truth) -> motion [T, M]` is where the stage-1 encoder runs; `render()` returns the
     clip's frames (uint8 [T, S, S, 3]), rendered only if the motion function asks for them."""
+    from vasa_jax.audio import frame_features
     from vasa_jax.data import synthetic
 
     skip = set(skip)
@@ -133,7 +134,7 @@ def synthetic_clip_records(
             truth = clip.ground_truth()
             render = lambda clip=clip: synthetic.render_clip(clip, config.resolution)
             motion = np.asarray(motion_fn(render, truth), np.float32)
-            audio = np.asarray(audio_encoder(clip.audio), np.float32)
+            audio = frame_features(audio_encoder, clip.audio)
             if len(audio) != len(motion):
                 raise ValueError(f"{name}: audio encoder gave {len(audio)} frames for {len(motion)} video frames")
             yield name, {
@@ -149,6 +150,65 @@ def synthetic_clip_records(
                 "frame_gaze": truth["gaze"],
                 "loudness": truth["loudness"],
             }
+
+
+# ------------------------------------------------------------------------------------------- prepared
+def prepared_clip_name(record) -> str:
+    """The motion clip of one prepared record (a segment of a clip): `<clip key>_seg<NNN>`."""
+    clip = record["clip"].decode() if isinstance(record["clip"], bytes) else str(record["clip"])
+    return f"{clip}_seg{int(record['segment']):03d}"
+
+
+def prepared_clip_records(
+    root: str,
+    split: str,
+    encode_frames: Callable[[np.ndarray], np.ndarray],
+    resolution: int,
+    audio_encoder: Callable[[np.ndarray], np.ndarray],
+    skip: Iterable[str] = (),
+    counts: Dict[str, int] | None = None,
+):
+    """Yield (name, record) for every record of a prepared split (`vasa_jax.data.prepared`) that has audio and is
+    not in `skip`. `encode_frames(uint8 [T, S, S, 3]) -> motion [T, M]` runs the stage-1 encoder on the record's
+    frames resized to `resolution`; the audio features follow `vasa_jax.audio.frame_features`. The conditions are
+    the preparation's labels: main gaze (degrees), head distance, emotion (mean class probabilities; empty when the
+    preparation had no emotion model). Records without audio are left out (stage 2 needs speech) and counted in
+    `counts["no_audio"]`; per-frame gaze, eye and mouth openness are kept for inspection."""
+    from vasa_jax.audio import frame_features
+    from vasa_jax.data import prepared
+
+    skip = set(skip)
+    counts = {} if counts is None else counts
+    entries = prepared.load_index(root)["records"][split]
+    if not entries:
+        return
+    data = prepared.open_split(root, split)
+    for index, entry in enumerate(entries):
+        name = prepared_clip_name(entry)
+        if not entry["has_audio"]:
+            counts["no_audio"] = counts.get("no_audio", 0) + 1
+            continue
+        if name in skip:
+            continue
+        record = data[index]
+        frames = np.stack([prepared._resized(prepared.decode_frame(record, i), resolution)
+                           for i in range(len(record["jpeg_offsets"]) - 1)])
+        motion = np.asarray(encode_frames(frames), np.float32)
+        audio = frame_features(audio_encoder, np.asarray(record["audio"], np.float32) / 32768.0)
+        if len(audio) != len(motion):
+            raise ValueError(f"{name}: {len(audio)} audio feature rows for {len(motion)} video frames")
+        yield name, {
+            "motion": motion,
+            "audio": audio,
+            "has_audio": np.bool_(True),
+            "gaze": np.asarray(record["main_gaze"], np.float32),
+            "distance": np.float32([record["head_distance"]]),
+            "emotion": np.asarray(record["emotion"], np.float32),
+            "identity": np.int32(record["identity_index"]),
+            "frame_gaze": np.asarray(record["gaze"], np.float32),
+            "eye_open": np.asarray(record["eye_open"], np.float32),
+            "mouth_open_ratio": np.asarray(record["mouth_open"], np.float32),
+        }
 
 
 def ground_truth_motion(render: Callable[[], np.ndarray], truth: Dict[str, np.ndarray]) -> np.ndarray:

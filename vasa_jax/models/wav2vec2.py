@@ -74,6 +74,8 @@ RESAMPLE_MODES = ("output", "conv_features")
 # Both Hugging Face conv-norm variants use PyTorch's default epsilon, not config.layer_norm_eps.
 _CONV_NORM_EPS = 1e-5
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# The Flax parameter tree as "path/to/leaf" keys, as `vasa_jax.export` copies an encoder into a model folder.
+EXPORTED_WEIGHTS = "flax_model.safetensors"
 
 
 # ---------------------------------------------------------------------------
@@ -564,7 +566,8 @@ def load_wav2vec2(checkpoint_dir: str | os.PathLike) -> tuple[Wav2Vec2Config, di
     """Load a Hugging Face Wav2Vec2 checkpoint folder as `(config, {"params": ...})`, without PyTorch.
 
     The folder needs `config.json` and `model.safetensors` (or a sharded `model.safetensors.index.json`) or
-    `pytorch_model.bin`, as written by `save_pretrained` or downloaded from the Hub (e.g. facebook/wav2vec2-base-960h).
+    `pytorch_model.bin`, as written by `save_pretrained` or downloaded from the Hub (e.g. facebook/wav2vec2-base-960h),
+    or `EXPORTED_WEIGHTS`, as an exported model carries it.
     """
     checkpoint_dir = os.fspath(checkpoint_dir)
     if not os.path.isdir(checkpoint_dir):
@@ -574,6 +577,14 @@ def load_wav2vec2(checkpoint_dir: str | os.PathLike) -> tuple[Wav2Vec2Config, di
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"Wav2Vec2 checkpoint {checkpoint_dir!r} has no config.json")
     config = load_wav2vec2_config(config_path)
+    exported = os.path.join(checkpoint_dir, EXPORTED_WEIGHTS)
+    if os.path.isfile(exported):  # our own layout (an exported model's copy): the Flax tree, no conversion
+        from safetensors.numpy import load_file
+
+        from vasa_jax.checkpoints import params_from_flat
+
+        abstract = jax.eval_shape(lambda: init_wav2vec2_params(config, jax.random.key(0)))
+        return config, params_from_flat(load_file(exported), abstract, exported)
     state_dict: dict[str, np.ndarray] = {}
     for path in _weight_files(checkpoint_dir):
         state_dict.update(load_torch_state_dict(path, what="Hugging Face Wav2Vec2 weights"))

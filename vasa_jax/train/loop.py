@@ -14,6 +14,8 @@ import grain
 import jax
 import numpy as np
 
+from vasa_jax.checkpoints import EVAL_FILE
+from vasa_jax.data import atomic
 from vasa_jax.train import checkpointing, metrics as metrics_lib, sharding
 
 
@@ -117,6 +119,9 @@ def train(config, workdir: str) -> dict:
                 writer.write_scalars(step, eval_metrics, prefix="eval")
                 if is_chief:
                     print(f"eval step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in eval_metrics.items()), flush=True)
+                    # The latest evaluation in plain JSON: an exported model's card quotes it.
+                    atomic.write_json(os.path.join(workdir, EVAL_FILE),
+                                      {"step": step, **{k: float(v) for k, v in eval_metrics.items()}})
             if step % train_cfg.sample_every == 0 or last:
                 grid = task.sample_grid(state)  # a computation over the mesh: every process takes part
                 if is_chief and grid is not None:

@@ -91,26 +91,29 @@ class Stage2Task:
 
     @functools.cached_property
     def eval_batch(self):
-        """Held-out windows (test identities), as one numpy batch."""
-        return fixed_batch(self.source("test"), self.config.data.eval_windows, self.config.data.seed)
+        """Held-out windows (test identities; `data.eval_split`), as one numpy batch."""
+        split = self.config.data.get("eval_split", "test")
+        return fixed_batch(self.source(split), self.config.data.eval_windows, self.config.data.seed)
 
     # ------------------------------------------------------------------------------------------- evaluation
     @functools.cached_property
     def _eval_loss_jit(self):
-        def eval_loss(params, batch, t):
+        def eval_loss(params, batch, t, audio_kept):
             x0 = batch["motion"]
             noise = jax.random.normal(jax.random.key(0), x0.shape)
             x_t = diffusion.add_noise(x0, noise, t, self.abar)
             conditions = {k: batch[k] for k in CONDITION_KEYS}
             keep = diffusion.all_kept(x0.shape[0], CONDITIONS)
             keep["previous"] = batch["previous_valid"]
+            keep["audio"] = jnp.logical_and(keep["audio"], audio_kept)
             prediction = self.model.apply({"params": params}, x_t, t, conditions, keep)
             return jnp.mean((prediction - x0) ** 2)
 
         return jax.jit(eval_loss)
 
     def evaluate(self, state) -> dict:
-        """Held-out x0 error at fixed noise levels (a quarter, half and three quarters of the schedule)."""
+        """Held-out x0 error at fixed noise levels (a quarter, half and three quarters of the schedule), and at
+        each the same with the audio condition nulled: the baseline that says how much the speech explains."""
         batch = _training_fields(self.eval_batch)
         params = state["params"]["dit"]
         n = len(batch["motion"])
@@ -118,7 +121,9 @@ class Stage2Task:
         for fraction in (0.25, 0.5, 0.75):
             step = int(fraction * (len(self.abar) - 1))
             t = jnp.full((n,), step, jnp.int32)
-            result[f"x0_mse_t{int(fraction * 100)}"] = float(self._eval_loss_jit(params, batch, t))
+            name = f"x0_mse_t{int(fraction * 100)}"
+            result[name] = float(self._eval_loss_jit(params, batch, t, True))
+            result[name + "_no_audio"] = float(self._eval_loss_jit(params, batch, t, False))
         return result
 
     def sample_grid(self, state):

@@ -1,0 +1,168 @@
+"""`python -m vasa_jax.export`: one self-contained model folder from a stage-1 and a stage-2 training workdir.
+
+  python -m vasa_jax.export --stage1 STAGE1_WORKDIR --stage2 STAGE2_WORKDIR --out MODEL_DIR [--wav2vec2_dir DIR]
+  python -m vasa_jax.generate --model MODEL_DIR --image FACE.jpg --audio SPEECH.wav --out OUT.mp4
+
+The folder (layout in `vasa_jax.checkpoints`) needs no workdir, motion dataset or Hugging Face folder to generate:
+parameters as safetensors (no pickle), both configs, the normalisation statistics, the audio encoder's description
+(and a Wav2Vec2 encoder's weights), the emotion class names and a model card. It is written beside MODEL_DIR under a
+temporary name and renamed when complete, so an interrupted export leaves no half model.
+"""
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+import numpy as np
+from absl import app, flags
+
+from vasa_jax import checkpoints
+from vasa_jax.audio import encoder_from_description
+from vasa_jax.data import motion as motion_data
+
+
+class ExportError(ValueError):
+    """Workdirs that cannot be exported together; the message says why."""
+
+
+def _eval_line(workdir: str) -> str:
+    path = os.path.join(workdir, checkpoints.EVAL_FILE)
+    if not os.path.isfile(path):
+        return "no evaluation recorded"
+    with open(path) as fh:
+        metrics = json.load(fh)
+    step = metrics.pop("step", "?")
+    return f"at step {step}: " + ", ".join(f"{k} = {v:.4g}" for k, v in sorted(metrics.items()))
+
+
+def model_card(info: dict) -> str:
+    trained = info["trained"]
+    s1, s2 = info["stage1_config"], info["stage2_config"]
+    encoder = info["audio_encoder"]
+    classes = ", ".join(info["emotion_classes"]) or "none named"
+    return f"""# vasa_jax talking-head model
+
+Exported by `python -m vasa_jax.export` (model format {info['format']}). Generate with
+`python -m vasa_jax.generate --model=THIS_FOLDER --image=FACE.jpg --audio=SPEECH.wav --out=OUT.mp4` or
+`TalkingHeadPipeline.from_model("THIS_FOLDER")`.
+
+## Stage 1: face latent model
+- {trained['stage1_step']} training steps in `{trained['stage1_workdir']}`; image size {s1['model']['image_size']},
+  data: {json.dumps(s1.get('data', {}).get('root') or 'synthetic heads')}.
+- Last evaluation {trained['stage1_eval']}.
+
+## Stage 2: motion diffusion transformer
+- {trained['stage2_step']} training steps in `{trained['stage2_workdir']}`; window {s2['model']['window']} frames,
+  context {s2['model']['context']}, width {s2['model']['width']}, {s2['model']['num_layers']} layers.
+- Motion dataset `{trained['motion_dataset']}` ({trained['data_source']} clips, {info['stats'].get('num_train_clips')}
+  train clips), motion {info['stage2_dims']['motion_dim']}-d.
+- Last evaluation {trained['stage2_eval']}.
+- Audio features: {encoder['kind']} ({encoder.get('feature_dim')}-d); emotion classes: {classes}.
+- Head distance trained on [{min(info['stats']['distance_min']):.3g}, {max(info['stats']['distance_max']):.3g}]
+  (generation refuses values outside it).
+
+Evaluate from pixels with `python -m vasa_jax.evaluate`; see the project's README.
+"""
+
+
+def export(stage1_dir: str, stage2_dir: str, out: str, wav2vec2_dir: str | None = None, log=print) -> dict:
+    """Write the model folder `out` (which must not exist yet, or be empty); returns its model.json."""
+    from safetensors.numpy import save_file
+
+    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+        raise ExportError(f"{out} already exists; export into a new folder")
+    try:
+        stage1 = checkpoints.load_stage1(stage1_dir)
+        stage2 = checkpoints.load_stage2(stage2_dir)
+        manifest = motion_data.read_json(os.path.join(stage2.config.data.root, motion_data.MANIFEST))
+    except (FileNotFoundError, ValueError) as err:
+        raise ExportError(str(err)) from None
+    if manifest.get("motion_source") != "stage1":
+        raise ExportError(f"{stage2_dir} was trained on {manifest.get('motion_source')!r} motion, not on a stage 1's")
+    motion_dim = 7 + stage1.model.cfg.dynamics_dim
+    if stage2.model_cfg.motion_dim != motion_dim:
+        raise ExportError(f"stage 2 generates {stage2.model_cfg.motion_dim}-d motion, {stage1_dir} renders "
+                          f"{motion_dim}-d")
+    try:
+        encoder = encoder_from_description(manifest["audio_encoder"], checkpoint_dir=wav2vec2_dir)
+    except (ValueError, OSError) as err:
+        raise ExportError(f"the audio encoder of {stage2.config.data.root}: {err}") from None
+    if "distance_min" not in stage2.stats:
+        raise ExportError(f"{stage2.config.data.root}/{motion_data.STATS} predates the recorded distance range; "
+                          "rerun python -m vasa_jax.data.encode_motion on it (finished clips are kept)")
+
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=os.path.basename(out) + ".export-", dir=parent)
+    try:
+        files = {}
+        for stage, params in (("stage1", stage1.params), ("stage2", stage2.params)):
+            name = checkpoints.PARAM_FILES[stage]
+            save_file(checkpoints.flat_params(params), os.path.join(staging, name))
+            files[name] = checkpoints.file_sha256(os.path.join(staging, name))
+        description, encoder_dir = encoder.description(), None
+        if description["kind"] == "wav2vec2":
+            from vasa_jax.models import wav2vec2
+
+            encoder_dir = "audio_encoder"
+            os.makedirs(os.path.join(staging, encoder_dir))
+            shutil.copy(os.path.join(encoder.checkpoint_dir, "config.json"), os.path.join(staging, encoder_dir))
+            weights = os.path.join(encoder_dir, wav2vec2.EXPORTED_WEIGHTS)
+            save_file(checkpoints.flat_params(encoder.params), os.path.join(staging, weights))
+            files[os.path.join(encoder_dir, "config.json")] = checkpoints.file_sha256(
+                os.path.join(staging, encoder_dir, "config.json"))
+            files[weights] = checkpoints.file_sha256(os.path.join(staging, weights))
+            description = {k: v for k, v in description.items() if k != "checkpoint_dir"}
+        info = {
+            "format": checkpoints.MODEL_FORMAT,
+            "stage1_config": stage1.config.to_dict(),
+            "stage2_config": stage2.config.to_dict(),
+            "stage2_dims": {k: int(getattr(stage2.model_cfg, k)) for k in checkpoints.STAGE2_DIMS},
+            "stats": {k: np.asarray(v).tolist() for k, v in stage2.stats.items()},
+            "audio_encoder": description,
+            "audio_encoder_dir": encoder_dir,
+            "emotion_classes": list(manifest.get("emotion_classes", ())),
+            "files": files,
+            "trained": {
+                "stage1_workdir": os.path.abspath(stage1_dir), "stage2_workdir": os.path.abspath(stage2_dir),
+                "stage1_step": checkpoints.latest_step(stage1_dir), "stage2_step": checkpoints.latest_step(stage2_dir),
+                "stage1_eval": _eval_line(stage1_dir), "stage2_eval": _eval_line(stage2_dir),
+                "motion_dataset": os.path.abspath(stage2.config.data.root),
+                "data_source": manifest.get("source", "synthetic"),
+            },
+        }
+        with open(os.path.join(staging, checkpoints.MODEL_FILE), "w") as fh:
+            json.dump(info, fh, indent=1)
+        with open(os.path.join(staging, "README.md"), "w") as fh:
+            fh.write(model_card(info))
+        if os.path.isdir(out):
+            os.rmdir(out)  # empty (checked above)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log(f"exported {out}: stage 1 step {info['trained']['stage1_step']}, stage 2 step "
+        f"{info['trained']['stage2_step']}, {description['kind']} audio features")
+    return info
+
+
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    try:
+        export(FLAGS.stage1, FLAGS.stage2, FLAGS.out, FLAGS.wav2vec2_dir)
+    except ExportError as err:
+        sys.exit(f"error: {err}")
+
+
+if __name__ == "__main__":
+    flags.DEFINE_string("stage1", None, "stage-1 training workdir", required=True)
+    flags.DEFINE_string("stage2", None, "stage-2 training workdir", required=True)
+    flags.DEFINE_string("out", None, "the model folder to write (must not exist)", required=True)
+    flags.DEFINE_string("wav2vec2_dir", None, "the Wav2Vec2 checkpoint folder, if not where the motion dataset "
+                        "recorded it")
+    app.run(main)
