@@ -80,6 +80,23 @@ def test_a_dropped_condition_ignores_its_values(dit, name):
     assert np.abs(run(conditions, keep)[0] - run(conditions, dropped)[0]).max() > 1e-3
 
 
+def test_a_model_without_emotion_labels_uses_the_null_emotion_token(dit):
+    """Prepared data labelled without an emotion model has emotion_dim 0: the network builds (no zero-input Dense)
+    and its emotion token is the learned null, the same one a dropped emotion gives in a labelled model."""
+    cfg = Stage2ModelConfig(**{**TINY, "emotion_dim": 0})
+    model = MotionDiT(cfg)
+    x_t, t, conditions = _inputs(cfg, 2)
+    keep = diffusion.all_kept(2, CONDITIONS)
+    params = nn.unbox(model.init(jax.random.key(1), x_t, t, conditions, keep))
+    assert "emotion" not in params["params"] and params["params"]["null_emotion"].shape == (cfg.width,)
+    labelled_cfg, labelled, labelled_params = dit
+    shared = {k: v for k, v in labelled_params["params"].items() if k != "emotion"}
+    dropped = {**keep, "emotion": jnp.array([False, False])}
+    out = model.apply({"params": shared}, x_t, t, conditions, keep)
+    reference = labelled.apply(labelled_params, x_t, t, {**conditions, "emotion": jnp.zeros((2, 3))}, dropped)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(reference), atol=1e-6)
+
+
 def test_invalid_audio_frames_are_ignored(dit):
     """The audio tail marked invalid (shorter audio, tail truncation) does not reach the output."""
     cfg, model, params = dit

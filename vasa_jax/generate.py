@@ -138,6 +138,8 @@ def emotion_vector(emotion, dim: int) -> Optional[np.ndarray]:
     emotion condition."""
     if emotion is None:
         return None
+    if dim == 0:
+        raise GenerationError("this model was trained without emotion labels: it takes no emotion")
     if isinstance(emotion, str):
         name = emotion.strip().lower()
         presets = EMOTION_PRESETS.get(dim, ())

@@ -130,10 +130,13 @@ class MotionDiT(nn.Module):
             keep["distance"][:, None], Dense(cfg.width, name="distance")(conditions["distance"]),
             null("distance", (cfg.width,)),
         )
-        emotion = choose(
-            keep["emotion"][:, None], Dense(cfg.width, name="emotion")(conditions["emotion"]),
-            null("emotion", (cfg.width,)),
-        )
+        if cfg.emotion_dim:
+            emotion = choose(
+                keep["emotion"][:, None], Dense(cfg.width, name="emotion")(conditions["emotion"]),
+                null("emotion", (cfg.width,)),
+            )
+        else:  # trained on data without emotion labels: the token is the learned "no emotion" one
+            emotion = jnp.broadcast_to(null("emotion", (cfg.width,)), (b, cfg.width)).astype(time.dtype)
         global_tokens = jnp.stack([time, gaze, distance, emotion], axis=1)  # [B, 4, width]
 
         # Context and window frames share the motion and audio projections, so that the network sees the context
