@@ -349,9 +349,10 @@ class TalkingHeadPipeline:
                seed: int = 0) -> Iterator[np.ndarray]:
         """Rendered frames [n, H, W, 3], yielded window by window while 16 kHz mono audio chunks arrive. The same
         seed gives the same frames as `generate` (the features follow `vasa_jax.audio.stream_frame_features`: a
-        window is generated once its audio and `audio_encoder.context.lookahead_seconds` more have arrived). `last_stream_latency` holds the seconds from the first audio
-        chunk to the first frames. `image` is a photo or what `encode_source` returned for one. The controls and
-        the photo are checked when called, before the first chunk is asked for."""
+        window is generated once its audio and `audio_encoder.context.lookahead_seconds` more have arrived).
+        `last_stream_latency` holds the seconds from the first audio chunk to the first frames. `image` is a photo
+        or what `encode_source` returned for one. The controls and the photo are checked when called, before the
+        first chunk is asked for."""
         controls = self._controls(gaze, distance, emotion)
         source = image if isinstance(image, Mapping) else self.encode_source(image)
         return self._frames(source, audio_chunks, controls, num_steps, guidance, seed)

@@ -126,7 +126,8 @@ def manifest_for(motion_source: str, stage1_workdir, audio_encoder, source: str,
 
 def encode_prepared(prepared_root: str, output: str, encode_frames, resolution: int, audio_encoder,
                     stage1_workdir=None, log=print) -> dict:
-    """A motion dataset from a prepared real-video dataset; returns `build`'s summary plus the record counts."""
+    """A motion dataset from a prepared real-video dataset; returns `write_dataset`'s summary plus the record
+    counts and the seconds of video with speech."""
     from vasa_jax.data import emotion, prepared
 
     index = prepared.load_index(prepared_root)

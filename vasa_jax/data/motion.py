@@ -191,7 +191,7 @@ def prepared_clip_records(
         if name in skip:
             continue
         record = data[index]
-        frames = np.stack([prepared._resized(prepared.decode_frame(record, i), resolution)
+        frames = np.stack([prepared.resize_frame(prepared.decode_frame(record, i), resolution)
                            for i in range(len(record["jpeg_offsets"]) - 1)])
         motion = np.asarray(encode_frames(frames), np.float32)
         audio = frame_features(audio_encoder, np.asarray(record["audio"], np.float32) / 32768.0)

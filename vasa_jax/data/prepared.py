@@ -184,7 +184,7 @@ def decode_frame(record, index: int) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def _resized(image: np.ndarray, size: int) -> np.ndarray:
+def resize_frame(image: np.ndarray, size: int) -> np.ndarray:
     import cv2
 
     if image.shape[0] == size:
@@ -238,7 +238,7 @@ class PreparedStage1Source:
         cross_record = record if cross_number == record_number else self._data[cross_number]
         source, driving = self._frames(rng, record, 2)
         (cross,) = self._frames(rng, cross_record, 1)
-        image = lambda r, i: _resized(decode_frame(r, int(i)), self.resolution)
+        image = lambda r, i: resize_frame(decode_frame(r, int(i)), self.resolution)
         stored_driving = decode_frame(record, int(driving))  # landmarks are in the pixels of the stored crop
         f32 = np.float32
         extra = {}
@@ -260,7 +260,7 @@ class PreparedStage1Source:
             }
         return extra | {
             "source": image(record, source),
-            "driving": _resized(stored_driving, self.resolution),
+            "driving": resize_frame(stored_driving, self.resolution),
             "cross": image(cross_record, cross),
             "source_pose": record["pose"][source].astype(f32),
             "driving_pose": record["pose"][driving].astype(f32),
