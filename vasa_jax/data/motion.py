@@ -134,9 +134,7 @@ def synthetic_clip_records(
             truth = clip.ground_truth()
             render = lambda clip=clip: synthetic.render_clip(clip, config.resolution)
             motion = np.asarray(motion_fn(render, truth), np.float32)
-            audio = frame_features(audio_encoder, clip.audio)
-            if len(audio) != len(motion):
-                raise ValueError(f"{name}: audio encoder gave {len(audio)} frames for {len(motion)} video frames")
+            audio = frame_features(audio_encoder, clip.audio)  # write_clip checks the two lengths agree
             yield name, {
                 "motion": motion,
                 "audio": audio,
@@ -195,8 +193,6 @@ def prepared_clip_records(
                            for i in range(len(record["jpeg_offsets"]) - 1)])
         motion = np.asarray(encode_frames(frames), np.float32)
         audio = frame_features(audio_encoder, np.asarray(record["audio"], np.float32) / 32768.0)
-        if len(audio) != len(motion):
-            raise ValueError(f"{name}: {len(audio)} audio feature rows for {len(motion)} video frames")
         yield name, {
             "motion": motion,
             "audio": audio,
