@@ -186,7 +186,8 @@ def test_a_stream_yields_each_block_once_its_lookahead_arrived():
     for block, (frames_in, rows) in enumerate(yielded_after[:-1]):
         assert rows == context.block_frames
         assert frames_in == (block + 1) * context.block_frames + context.right_frames
-    assert context.lookahead_seconds == pytest.approx((context.block_frames - 1 + context.right_frames) / 25)
+        # The block's first frame waited for every frame after it that had arrived: the documented look-ahead.
+        assert (frames_in - 1 - block * context.block_frames) / 25 == pytest.approx(context.lookahead_seconds)
 
 
 def test_encoder_descriptions_rebuild_the_encoder():

@@ -321,6 +321,13 @@ def test_an_exported_model_generates_what_the_workdirs_do(checkpoints, portrait,
     from_workdirs = TalkingHeadPipeline.from_workdirs(stage1, stage2).generate(portrait, speech, num_steps=3)
     from_model = TalkingHeadPipeline.from_model(model).generate(portrait, speech, num_steps=3)
     np.testing.assert_array_equal(from_model.frames, from_workdirs.frames)
+    from vasa_jax.data import synthetic
+    from vasa_jax.generate import emotion_vector
+
+    assert TalkingHeadPipeline.from_model(model).emotion_classes == synthetic.EMOTIONS  # recorded, then used:
+    np.testing.assert_array_equal(emotion_vector("b", 4, ("a", "b", "c", "d")), [0, 1, 0, 0])
+    with pytest.raises(GenerationError, match="expected one of"):
+        emotion_vector("happy", 4, ("a", "b", "c", "d"))
     card = open(os.path.join(model, "README.md")).read()
     assert "2 training steps" in card and "x0_mse_t50" in card
 

@@ -236,8 +236,9 @@ def test_feature_policy_one_shape_and_streams_equal_offline(hf_models):
     w2v._compiled_forward.cache_clear()
     features = [audio.frame_features(encoder, x) for x in clips]
     assert w2v._compiled_forward.cache_info().currsize == 1
-    (compiled,) = {w2v._compiled_forward(encoder.config, "float32", None, encoder.layer, None, encoder.layer,
-                                         context.excerpt_frames)}
+    compiled = w2v._compiled_forward(encoder.config, "float32", None, encoder.layer, None, encoder.layer,
+                                     context.excerpt_frames)
+    assert w2v._compiled_forward.cache_info().currsize == 1  # the same entry: the excerpt's shape
     assert compiled._cache_size() == 1
     for x, rows in zip(clips, features):
         assert rows.shape == (num_video_frames(len(x)), 32)

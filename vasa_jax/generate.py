@@ -24,7 +24,7 @@ import os
 import sys
 import time
 import warnings
-from typing import TYPE_CHECKING, Iterable, Iterator, Mapping, Optional
+from typing import TYPE_CHECKING, Iterable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -133,16 +133,16 @@ def portrait_crop(photo: np.ndarray, size: int, crop: str = "face") -> Portrait:
     return Portrait(photo=photo, box=box, crop=square.astype(np.float32), faces=count)
 
 
-def emotion_vector(emotion, dim: int) -> Optional[np.ndarray]:
-    """None, a preset name (EMOTION_PRESETS for the model's emotion size) or a vector of `dim` numbers -> the
-    emotion condition."""
+def emotion_vector(emotion, dim: int, classes: Sequence[str] = ()) -> Optional[np.ndarray]:
+    """None, a class name (`classes`, the ones the model's data recorded; else EMOTION_PRESETS for its emotion
+    size) or a vector of `dim` numbers -> the emotion condition."""
     if emotion is None:
         return None
     if dim == 0:
         raise GenerationError("this model was trained without emotion labels: it takes no emotion")
     if isinstance(emotion, str):
         name = emotion.strip().lower()
-        presets = EMOTION_PRESETS.get(dim, ())
+        presets = tuple(classes) or EMOTION_PRESETS.get(dim, ())
         if name in presets:
             return np.eye(dim, dtype=np.float32)[presets.index(name)]
         try:
@@ -163,7 +163,8 @@ class TalkingHeadPipeline:
     motion in windows of W), so a second `generate` compiles nothing."""
 
     def __init__(self, stage1_model, stage1_params, sampler: MotionSampler, audio_encoder, render_batch: int = 8,
-                 output_size: Optional[int] = None, crop: str = "face", paste_back: bool = False):
+                 output_size: Optional[int] = None, crop: str = "face", paste_back: bool = False,
+                 emotion_classes: Sequence[str] = ()):
         import jax
 
         from vasa_jax.models.stage1 import FaceLatentModel
@@ -179,6 +180,7 @@ class TalkingHeadPipeline:
         if crop not in CROPS:
             raise GenerationError(f"crop {crop!r}: expected one of {CROPS}")
         self.crop, self.paste_back = crop, bool(paste_back)
+        self.emotion_classes = tuple(emotion_classes)  # names of the emotion condition's entries, if recorded
         dyn_dim = self.stage1_cfg.dynamics_dim
         if sampler.cfg.motion_dim != POSE_DIM + dyn_dim:
             raise GenerationError(
@@ -239,6 +241,7 @@ class TalkingHeadPipeline:
                 raise GenerationError(f"the audio encoder stage 2 was trained with: {err}") from None
         stage1 = checkpoints.load_stage1(stage1_dir)
         sampler = MotionSampler.from_trained(checkpoints.load_stage2(stage2_dir))
+        kwargs.setdefault("emotion_classes", manifest.get("emotion_classes", ()))
         return cls(stage1.model, stage1.params, sampler, audio_encoder, **kwargs)
 
     @classmethod
@@ -255,6 +258,7 @@ class TalkingHeadPipeline:
                 audio_encoder = encoder_from_description(model.audio_encoder, checkpoint_dir=model.audio_encoder_dir)
         except (ValueError, OSError) as err:
             raise GenerationError(str(err)) from None
+        kwargs.setdefault("emotion_classes", model.emotion_classes)
         return cls(model.stage1.model, model.stage1.params, MotionSampler.from_trained(model.stage2), audio_encoder,
                    **kwargs)
 
@@ -326,7 +330,8 @@ class TalkingHeadPipeline:
         from vasa_jax.sampling import Controls, check_controls
 
         controls = Controls(gaze=None if gaze is None else np.asarray(gaze, np.float32).reshape(-1),
-                            distance=distance, emotion=emotion_vector(emotion, self.sampler.cfg.emotion_dim))
+                            distance=distance,
+                            emotion=emotion_vector(emotion, self.sampler.cfg.emotion_dim, self.emotion_classes))
         try:
             check_controls(controls, self.sampler.stats)
         except ValueError as err:

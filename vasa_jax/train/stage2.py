@@ -92,8 +92,8 @@ class Stage2Task:
     @functools.cached_property
     def eval_batch(self):
         """Held-out windows (test identities; `data.eval_split`), as one numpy batch."""
-        split = self.config.data.get("eval_split", "test")
-        return fixed_batch(self.source(split), self.config.data.eval_windows, self.config.data.seed)
+        return fixed_batch(self.source(self.config.data.eval_split), self.config.data.eval_windows,
+                           self.config.data.seed)
 
     # ------------------------------------------------------------------------------------------- evaluation
     @functools.cached_property
