@@ -441,10 +441,20 @@ def _to_flat_state_dict(obj: Any, path: str) -> dict[str, np.ndarray]:
             obj = inner
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path}: checkpoint does not contain a state dict (got {type(obj).__name__})")
-    out = {str(k): v for k, v in obj.items() if isinstance(v, np.ndarray)}
+    out = dict(_flatten_mappings(obj))
     if not out:
         raise ValueError(f"{path}: checkpoint contains no tensors")
     return out
+
+
+def _flatten_mappings(obj: Mapping, prefix: str = ""):
+    """Arrays of a (possibly nested) mapping with dotted keys: a file holding several state dicts, as
+    LivePortrait's stitching file does ({"retarget_eye": {...}, ...}), reads as one with prefixed names."""
+    for key, value in obj.items():
+        if isinstance(value, np.ndarray):
+            yield prefix + str(key), value
+        elif isinstance(value, Mapping):
+            yield from _flatten_mappings(value, f"{prefix}{key}.")
 
 
 def load_torch_state_dict(path: str | os.PathLike, what: str | None = None) -> dict[str, np.ndarray]:
@@ -452,8 +462,9 @@ def load_torch_state_dict(path: str | os.PathLike, what: str | None = None) -> d
 
     ``path`` may be a ``torch.save`` zip checkpoint (``.pth``/``.pt``/``.bin``),
     a ``.safetensors`` file or a ``.npz`` archive.  Nested checkpoints such as
-    ``{"state_dict": {...}}`` are unwrapped, and a ``module.`` prefix common to
-    every key (from ``DataParallel``) is stripped.  ``what`` describes the
+    ``{"state_dict": {...}}`` are unwrapped, other nested mappings are flattened
+    with dotted keys, and a ``module.`` prefix common to every key (from
+    ``DataParallel``) is stripped.  ``what`` describes the
     expected contents and is used in the error message when the file is
     missing.
     """
