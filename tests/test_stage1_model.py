@@ -133,7 +133,7 @@ def test_depth_split_conv3d_equals_native_conv3d():
 
     x = jax.random.normal(jax.random.key(10), (2, 5, 6, 7, 3))
     for kernel in (1, 3, 5):
-        split = Conv3D(4, kernel)
+        split = Conv3D(4, kernel, lowering="depth_split")
         variables = nn.unbox(split.init(jax.random.key(11), x))
         variables = jax.tree.map(lambda v: v + 0.1, variables)  # non-zero bias too
         native = nn.Conv(4, (kernel,) * 3, padding="SAME")

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vasa_jax import ops
+from vasa_jax.models.layers import conv3d_same
 from vasa_jax.models.torch_import import load_torch_state_dict
 
 NUM_POSE_BINS = 66
@@ -85,8 +86,26 @@ class LivePortraitConfig:
 # Building blocks (torch semantics: BatchNorm eps 1e-5, LeakyReLU 0.01 unless given, nearest upsampling)
 # ---------------------------------------------------------------------------------------------------------------
 
+class Conv3d(nn.Module):
+    """A stride-1 3D convolution padded by kernel // 2 (torch's padding of LivePortrait's 3D convolutions, 'SAME'
+    for odd kernels) with nn.Conv's parameters, computed by `conv3d_same`: several times faster on CPU."""
+
+    features: int
+    kernel: int
+
+    @nn.compact
+    def __call__(self, x):
+        shape = (self.kernel,) * 3 + (x.shape[-1], self.features)
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), shape)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        out = conv3d_same(x, kernel)
+        return out + bias.astype(out.dtype)
+
+
 def _conv(features, kernel, ndim, name, *, padding=None, stride=1, groups=1, use_bias=True):
     pad = kernel // 2 if padding is None else padding
+    if ndim == 3 and kernel % 2 and pad == kernel // 2 and stride == 1 and groups == 1 and use_bias:
+        return Conv3d(features, kernel, name=name)
     return nn.Conv(features, (kernel,) * ndim, strides=(stride,) * ndim, padding=[(pad, pad)] * ndim,
                    feature_group_count=groups, use_bias=use_bias, name=name)
 
