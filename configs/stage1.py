@@ -6,6 +6,9 @@ Variants (`--config=configs/stage1.py:VARIANT`):
   tiny    64x64 synthetic talking heads, trains on a 2-core CPU in minutes (the quickstart).
   real    256x256 on a dataset prepared from real videos (python -m vasa_jax.data.prepare); set data.root.
   real_tiny  the tiny model on a prepared real dataset (64x64 crops resized from the stored ones): CPU checks.
+  liveportrait  LivePortrait's renderer (vasa_jax.models.liveportrait) fine-tuned on a prepared dataset at 512,
+          starting from its published checkpoints: set liveportrait_dir and data.root.
+  liveportrait_tiny  narrow LivePortrait networks at 64x64 on a prepared dataset: CPU checks of that path.
 
 Run:
   python -m vasa_jax.train --config=configs/stage1.py:tiny --workdir=runs/stage1_tiny
@@ -13,6 +16,9 @@ Run:
   python -m vasa_jax.train --config=configs/stage1.py:real --workdir=/data/runs/stage1_real \
       --config.data.root=/data/prepared --config.feature_nets.vgg19_path=... --config.feature_nets.arcface_path=...
   python -m vasa_jax.train --config=configs/stage1.py --workdir=/data/runs/stage1 \
+      --config.feature_nets.vgg19_path=/weights/vgg19.pth --config.feature_nets.arcface_path=/weights/r50.pth
+  python -m vasa_jax.train --config=configs/stage1.py:liveportrait --workdir=/data/runs/liveportrait \
+      --config.liveportrait_dir=/weights/liveportrait --config.data.root=/data/prepared_512 \
       --config.feature_nets.vgg19_path=/weights/vgg19.pth --config.feature_nets.arcface_path=/weights/r50.pth
 Override any value with --config.section.key=value.
 """
@@ -184,6 +190,8 @@ def get_config(variant: str = ""):
         config.data.batch_size = 16
     elif variant == "tiny":
         _make_tiny(config)
+    elif variant in ("liveportrait", "liveportrait_tiny"):
+        _make_liveportrait(config, tiny=variant == "liveportrait_tiny")
     elif variant in ("real", "real_tiny"):
         if variant == "real_tiny":
             _make_tiny(config)
@@ -193,7 +201,8 @@ def get_config(variant: str = ""):
         config.losses.expression_label_scales = (2.0, 3.0, 0.05, 0.05)
     else:
         raise ValueError(
-            f"unknown stage-1 config variant {variant!r}; expected '', '512', 'tiny', 'real' or 'real_tiny'"
+            f"unknown stage-1 config variant {variant!r}; expected '', '512', 'tiny', 'real', 'real_tiny', "
+            "'liveportrait' or 'liveportrait_tiny'"
         )
     return config
 
@@ -280,3 +289,49 @@ def _make_tiny(config):
     config.train.update(
         num_steps=1000, log_every=25, eval_every=500, checkpoint_every=250, sample_every=500, keep_checkpoints=2
     )
+
+
+def _make_liveportrait(config, tiny: bool):
+    """LivePortrait's networks as the generator (vasa_jax.train.liveportrait), image losses only, on prepared real
+    video. The model section is LivePortraitConfig's fields (the published sizes)."""
+    import dataclasses
+
+    from vasa_jax.models.liveportrait import LivePortraitConfig
+
+    config.task = "liveportrait"
+    # The folder of LivePortrait's published checkpoint files (appearance_feature_extractor.pth, ...); empty:
+    # random initialisation.
+    config.liveportrait_dir = ""
+    model = LivePortraitConfig()
+    if tiny:
+        # Narrow networks at 32 -> 64 pixels; SPADE's hidden width stays the published 128 so that checkpoints of
+        # this layout built with the PyTorch reference modules import.
+        model = dataclasses.replace(
+            model, source_size=32, block_expansion=8, max_features=32, volume_channels=4, volume_depth=8,
+            num_resblocks=1, num_keypoints=8, convnext_depths=(1, 1, 1, 1), convnext_dims=(16, 24, 32, 40),
+            dense_block_expansion=8, dense_max_features=32, dense_num_blocks=2, dense_compress=2,
+            decoder_out_channels=16, stitching_hidden=(16,), lip_hidden=(16,), eye_hidden=(16,))
+    config.model = dataclasses.asdict(model)
+    config.data.source = "prepared"
+    config.data.resolution = model.output_size
+    config.data.extra_frames = 0  # (only our model's pose and expression losses read them)
+    config.data.batch_size = 8
+    config.losses.update(
+        reconstruction_l1=0.0, region_l1=10.0, perceptual=10.0, adversarial=1.0, feature_matching=10.0,
+        identity=5.0, generated_l1=0.0, layout=0.0, equivariance=0.0, keypoint_prior=0.0, head_pose=0.0,
+        head_pose_bins=0.0, deformation_prior=0.0, pairwise_transfer=0.0, expression_labels=0.0,
+    )
+    # Fine-tuning: a small step for the pretrained generator, the usual one for the fresh discriminator.
+    config.optimizer.update(learning_rate=2e-5, warmup_steps=100)
+    config.discriminator.scales = (1.0, 0.5)
+    config.train.update(num_steps=20_000)
+    if tiny:
+        config.discriminator.channels = (8, 16)
+        config.losses.update(reconstruction_l1=10.0, reconstruction_scales=2, perceptual=0.0, adversarial=0.0,
+                             feature_matching=0.0, identity=0.0)
+        config.feature_nets.allow_random_init = True
+        config.feature_nets.arcface_depth = 18
+        config.optimizer.update(learning_rate=1e-3, discriminator_learning_rate=1e-3, warmup_steps=5)
+        config.data.update(batch_size=4, num_threads=2, eval_pairs=16)
+        config.train.update(num_steps=200, log_every=10, eval_every=100, checkpoint_every=50, sample_every=100,
+                            keep_checkpoints=2)

@@ -457,6 +457,48 @@ def test_stage1_trainer_runs_on_the_prepared_dataset(stage1_on_prepared):
     assert len(losses) == 3 and np.all(np.isfinite(losses))
 
 
+@needs_media
+@pytest.mark.slow
+def test_liveportrait_fine_tunes_on_the_prepared_videos(prepared_media, tmp_path):
+    """configs/stage1.py:liveportrait_tiny from checkpoints of LivePortrait's layout (built with the PyTorch
+    reference modules, random weights, saved as the published files): the run starts from the imported weights,
+    its reconstruction loss falls on the prepared real videos, and a second run in the workdir resumes from the
+    checkpoint instead of importing again."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("mimic_head")
+    from configs.stage1 import get_config
+    from test_liveportrait import randomise, save_published_files, torch_networks
+    from vasa_jax.models.liveportrait import LivePortraitConfig
+
+    cfg = LivePortraitConfig.from_config(get_config("liveportrait_tiny").model)
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    folder = tmp_path / "liveportrait"
+    folder.mkdir()
+    save_published_files({name: randomise(module, generator) for name, module in torch_networks(cfg).items()},
+                         str(folder))
+    workdir = str(tmp_path / "run")
+
+    def train(num_steps):
+        overrides = {"liveportrait_dir": str(folder), "data.root": prepared_media["output"], "data.eval_pairs": 4,
+                     "data.num_threads": 1, "train.num_steps": num_steps, "train.log_every": 1,
+                     "train.eval_every": 20, "train.checkpoint_every": 10, "train.sample_every": 20}
+        return _run("vasa_jax.train", "--config=configs/stage1.py:liveportrait_tiny", f"--workdir={workdir}",
+                    *[f"--config.{key}={value}" for key, value in overrides.items()])
+
+    first = train(20)
+    assert f"LivePortrait imported from {folder}" in first.stdout
+    losses = [float(line.split("reconstruction_l1=")[1].split(",")[0]) for line in first.stdout.splitlines()
+              if "reconstruction_l1=" in line and "eval" not in line]
+    assert len(losses) == 20 and np.all(np.isfinite(losses))
+    assert np.mean(losses[-5:]) < 0.9 * np.mean(losses[:5]), losses  # (0.75 -> 0.62 when written)
+    assert "eval step 20" in first.stdout and "copy_source_psnr" in first.stdout
+
+    second = train(24)
+    assert "resumed from" in second.stdout and "at step 20" in second.stdout
+    assert "LivePortrait imported" not in second.stdout and "step 24/24" in second.stdout
+
+
 def _run(*args, env=ONE_DEVICE):
     result = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode == 0, " ".join(args) + "\n" + result.stdout[-3000:] + result.stderr[-3000:]

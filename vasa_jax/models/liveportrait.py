@@ -34,12 +34,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from vasa_jax import ops
-from vasa_jax.models.layers import conv3d_same
+from vasa_jax.models.layers import config_from_mapping, conv3d_same
 from vasa_jax.models.torch_import import load_torch_state_dict
 
 NUM_POSE_BINS = 66
 POSE_DIM = 7  # pitch, yaw, roll (degrees), tx, ty, tz, scale
-SOURCE_SIZE = 256  # what F and M read
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +47,7 @@ class LivePortraitConfig:
     narrower ones. F, W and G share block_expansion, max_features, num_down_blocks and the volume's shape, as the
     published configuration does."""
 
+    source_size: int = 256  # the photo F and M read (the published weights: 256); the output is upscale times it
     block_expansion: int = 64
     max_features: int = 512
     num_down_blocks: int = 2
@@ -79,7 +79,13 @@ class LivePortraitConfig:
 
     @property
     def output_size(self) -> int:
-        return SOURCE_SIZE * max(self.decoder_upscale, 1)
+        return self.source_size * max(self.decoder_upscale, 1)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "LivePortraitConfig":
+        """From a config section (lists become tuples: the config is a Flax module attribute, so hashable)."""
+        values = {key: tuple(value) if isinstance(value, list) else value for key, value in dict(config).items()}
+        return config_from_mapping(cls, values, "LivePortrait model")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -205,7 +211,7 @@ class AppearanceFeatureExtractor(nn.Module):
 
     @nn.compact
     def __call__(self, image, train: bool = False):
-        """image [B, 256, 256, 3] in [0, 1] -> volume [B, depth, 64, 64, volume_channels]."""
+        """image [B, S, S, 3] in [0, 1] -> volume [B, depth, S / 4, S / 4, volume_channels] (S = 256: 64x64)."""
         cfg = self.cfg
         x = SameBlock2d(cfg.block_expansion, name="first")(image, train)
         for i in range(cfg.num_down_blocks):
@@ -297,7 +303,7 @@ class MotionExtractor(nn.Module):
 
     @nn.compact
     def __call__(self, image) -> MotionOutputs:
-        """image [B, 256, 256, 3] in [0, 1] -> MotionOutputs."""
+        """image [B, S, S, 3] in [0, 1] -> MotionOutputs."""
         return ConvNeXtV2(self.cfg, name="detector")(image)
 
 
@@ -581,7 +587,7 @@ class LivePortrait(nn.Module):
         self.stitching_retargeting_module = StitchingRetargeting(self.cfg)
 
     def encode(self, image, train: bool = False):
-        """image [B, 256, 256, 3] in [0, 1] -> (volume, canonical keypoints [B, K, 3], pose [B, 7],
+        """image [B, S, S, 3] in [0, 1] (S = cfg.source_size) -> (volume, canonical keypoints [B, K, 3], pose [B, 7],
         expression [B, 3K])."""
         self._check_image(image)
         kp, pose, expression = pose_from_motion(self.motion_extractor(image))
@@ -617,8 +623,9 @@ class LivePortrait(nn.Module):
         return self.decode(volume, kp, pose_s, exp_s, pose_d, exp_d, stitch=True, train=train)
 
     def _check_image(self, image):
-        if image.ndim != 4 or tuple(image.shape[1:]) != (SOURCE_SIZE, SOURCE_SIZE, 3):
-            raise ValueError(f"LivePortrait reads images of shape [B, {SOURCE_SIZE}, {SOURCE_SIZE}, 3] in [0, 1], "
+        size = self.cfg.source_size
+        if image.ndim != 4 or tuple(image.shape[1:]) != (size, size, 3):
+            raise ValueError(f"this LivePortrait reads images of shape [B, {size}, {size}, 3] in [0, 1], "
                              f"got {tuple(image.shape)}")
 
 
@@ -742,7 +749,7 @@ def load_liveportrait(folder: str, cfg: LivePortraitConfig = LivePortraitConfig(
     """The published checkpoint files in `folder` -> variables {"params", "batch_stats"} for `LivePortrait(cfg)`.
     Read without torch and without running any pickled code (`torch_import`); nothing is downloaded."""
     files = {network: checkpoint_file(folder, network) for network in CHECKPOINT_FILES}
-    image = jax.ShapeDtypeStruct((1, SOURCE_SIZE, SOURCE_SIZE, 3), jnp.float32)
+    image = jax.ShapeDtypeStruct((1, cfg.source_size, cfg.source_size, 3), jnp.float32)
     expected = jax.eval_shape(LivePortrait(cfg).init, jax.random.PRNGKey(0), image, image)
     variables: dict = {"params": {}, "batch_stats": {}}
     for network, path in files.items():

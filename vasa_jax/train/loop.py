@@ -50,7 +50,11 @@ def make_task(config):
         from vasa_jax.train.stage2 import Stage2Task
 
         return Stage2Task(config)
-    raise ValueError(f"unknown task {config.task!r}; available: 'stage1', 'stage2'")
+    if config.task == "liveportrait":
+        from vasa_jax.train.liveportrait import LivePortraitTask
+
+        return LivePortraitTask(config)
+    raise ValueError(f"unknown task {config.task!r}; available: 'stage1', 'stage2', 'liveportrait'")
 
 
 def create_sharded_state(task, config, mesh):
@@ -92,6 +96,9 @@ def train(config, workdir: str) -> dict:
         state = checkpointer.restore(latest, abstract, iterator)
         if is_chief:
             print(f"resumed from {checkpointer.directory} at step {latest}", flush=True)
+    elif hasattr(task, "pretrained_state"):
+        # A fine-tuning task starts from imported weights; a resumed run has its own in the checkpoint.
+        state = task.pretrained_state(state, state_shardings)
     start_step = int(jax.device_get(state["step"]))
 
     if is_chief:

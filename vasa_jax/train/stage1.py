@@ -72,14 +72,7 @@ def expression_labels(batch, frames):
 class Stage1Task:
     def __init__(self, config):
         self.config = config
-        self.model_cfg = Stage1ModelConfig.from_config(config.model)
-        if config.data.resolution != self.model_cfg.image_size:
-            raise ValueError(
-                f"data.resolution ({config.data.resolution}) must equal model.image_size ({self.model_cfg.image_size})"
-            )
-        if config.losses.generated_l1 > 0 and not self.model_cfg.gen_image_skip:
-            raise ValueError("losses.generated_l1 needs a model with the image-space skip path (model.gen_image_skip)")
-        self.model = FaceLatentModel(self.model_cfg)
+        self.model_cfg, self.model = self._build_model(config)
         self.discriminator = MultiScaleDiscriminator(
             scales=tuple(config.discriminator.scales), channels=tuple(config.discriminator.channels)
         )
@@ -91,6 +84,17 @@ class Stage1Task:
         )
         self.perceptual_net = vgg19.VGG19Features(layers=tuple(config.losses.perceptual_layers.keys()))
         self.batch_size = config.data.batch_size
+
+    def _build_model(self, config):
+        """(model config, generator module) from config.model, checked against the data and the losses."""
+        model_cfg = Stage1ModelConfig.from_config(config.model)
+        if config.data.resolution != model_cfg.image_size:
+            raise ValueError(
+                f"data.resolution ({config.data.resolution}) must equal model.image_size ({model_cfg.image_size})"
+            )
+        if config.losses.generated_l1 > 0 and not model_cfg.gen_image_skip:
+            raise ValueError("losses.generated_l1 needs a model with the image-space skip path (model.gen_image_skip)")
+        return model_cfg, FaceLatentModel(model_cfg)
 
     # ----------------------------------------------------------------------------------------------- state
     def init_boxed(self, rng):
@@ -128,7 +132,14 @@ class Stage1Task:
         return frozen
 
     # ------------------------------------------------------------------------------------------------ step
-    def _generator_losses(self, gen_params, disc_vars, frozen, images, batch, rng):
+    def _generator_constants(self, state):
+        """Generator variables that training reads but never updates, beside its params: none for our model
+        (LivePortrait's task keeps its pretrained BatchNorm statistics here)."""
+        del state
+        return {}
+
+    def _generator_losses(self, gen_params, constants, disc_vars, frozen, images, batch, rng):
+        del constants  # (none)
         cfg = self.config.losses
         model = self.model
         apply = lambda method, *args: model.apply({"params": gen_params}, *args, method=method)
@@ -174,8 +185,7 @@ class Stage1Task:
         )
         reconstruction = renders[:b]
 
-        if cfg.reconstruction_l1 > 0:
-            terms["reconstruction_l1"] = losses.pyramid_l1(reconstruction, driving, cfg.reconstruction_scales)
+        terms.update(self._image_terms(frozen, disc_vars, batch, source, driving, reconstruction))
         generated = None
         if self.model_cfg.gen_image_skip:
             generated = intermediates["intermediates"]["generator"]["generated"][0][:b]
@@ -184,26 +194,10 @@ class Stage1Task:
             terms["layout"] = losses.layout_loss(layout_logits, batch["driving_layout"])
         if cfg.generated_l1 > 0:
             terms["generated_l1"] = losses.pyramid_l1(generated, driving, cfg.reconstruction_scales)
-        if cfg.region_l1 > 0:
-            # The mouth and the eyes, where expression shows; on the generator's own image (before the blend with the
-            # warped source) too, which is what can render an opening the warped source lacks.
-            regions = batch["driving_regions"]
-            terms["region_l1"] = losses.region_l1(reconstruction, driving, regions)
-            if generated is not None:
-                terms["region_l1"] = terms["region_l1"] + losses.region_l1(generated, driving, regions)
-        if cfg.perceptual > 0:
-            vgg = lambda x: self.perceptual_net.apply(frozen["vgg19"], x)
-            terms["perceptual"] = losses.perceptual_loss(
-                vgg, reconstruction, driving, dict(cfg.perceptual_layers), cfg.perceptual_scales
-            )
-        if cfg.adversarial > 0 or cfg.feature_matching > 0:
-            outputs = self.discriminator.apply(disc_vars, jnp.concatenate([driving, reconstruction]))
-            real_features = [[f[:b] for f in feats] for feats, _ in outputs]
-            fake_features = [[f[b:] for f in feats] for feats, _ in outputs]
-            if cfg.adversarial > 0:
-                terms["adversarial"] = losses.hinge_generator_loss([logits[b:] for _, logits in outputs])
-            if cfg.feature_matching > 0:
-                terms["feature_matching"] = losses.feature_matching_loss(real_features, fake_features)
+        if cfg.region_l1 > 0 and generated is not None:
+            # The region L1 on the generator's own image (before the blend with the warped source) too, which is
+            # what can render an opening the warped source lacks.
+            terms["region_l1"] = terms["region_l1"] + losses.region_l1(generated, driving, batch["driving_regions"])
         if cfg.equivariance > 0 or cfg.keypoint_prior > 0:
             tps = ops.sample_tps_params(
                 rng, b, sigma_affine=cfg.tps_sigma_affine, sigma_tps=cfg.tps_sigma_tps, points_tps=cfg.tps_points
@@ -239,15 +233,42 @@ class Stage1Task:
             dynamics_transferred = apply(FaceLatentModel.decode, vol_d, id_d, pose_d, dyn_d, pose_d, dyn_s, driving)
             terms["pairwise_transfer"] = losses.pairwise_transfer_loss(pose_transferred, dynamics_transferred)
         if cfg.identity > 0:
-            reenacted = renders[index * b : (index + 1) * b]
-            # ArcFace sees the aligned face it was trained on, cut from the known framing of the training crop.
-            embed = lambda x: arcface.arcface_embed(
-                frozen["arcface"], arcface.crop_square(x, face.ARCFACE_BOX_IN_CROP),
-                self.config.feature_nets.arcface_depth)
-            terms["identity"] = losses.identity_loss(embed, source, reenacted)
+            terms["identity"] = self._identity_term(frozen, source, renders[index * b : (index + 1) * b])
 
         total = sum(getattr(cfg, name) * value for name, value in terms.items())
         return total, (terms, reconstruction)
+
+    def _image_terms(self, frozen, disc_vars, batch, source, driving, reconstruction):
+        """The terms that compare the reconstruction of the driving frame with it (each computed only when its
+        weight is on): pyramid L1, L1 inside the mouth and the eyes (where expression shows), perceptual, and the
+        adversarial and feature-matching terms of the discriminator."""
+        cfg = self.config.losses
+        b = source.shape[0]
+        terms = {}
+        if cfg.reconstruction_l1 > 0:
+            terms["reconstruction_l1"] = losses.pyramid_l1(reconstruction, driving, cfg.reconstruction_scales)
+        if cfg.region_l1 > 0:
+            terms["region_l1"] = losses.region_l1(reconstruction, driving, batch["driving_regions"])
+        if cfg.perceptual > 0:
+            vgg = lambda x: self.perceptual_net.apply(frozen["vgg19"], x)
+            terms["perceptual"] = losses.perceptual_loss(
+                vgg, reconstruction, driving, dict(cfg.perceptual_layers), cfg.perceptual_scales
+            )
+        if cfg.adversarial > 0 or cfg.feature_matching > 0:
+            outputs = self.discriminator.apply(disc_vars, jnp.concatenate([driving, reconstruction]))
+            real_features = [[f[:b] for f in feats] for feats, _ in outputs]
+            fake_features = [[f[b:] for f in feats] for feats, _ in outputs]
+            if cfg.adversarial > 0:
+                terms["adversarial"] = losses.hinge_generator_loss([logits[b:] for _, logits in outputs])
+            if cfg.feature_matching > 0:
+                terms["feature_matching"] = losses.feature_matching_loss(real_features, fake_features)
+        return terms
+
+    def _identity_term(self, frozen, source, reenacted):
+        # ArcFace sees the aligned face it was trained on, cut from the known framing of the training crop.
+        embed = lambda x: arcface.arcface_embed(
+            frozen["arcface"], arcface.crop_square(x, face.ARCFACE_BOX_IN_CROP), self.config.feature_nets.arcface_depth)
+        return losses.identity_loss(embed, source, reenacted)
 
     def train_step(self, state, batch, frozen):
         """One generator update and one discriminator update (on the generator's pre-update reconstructions)."""
@@ -259,7 +280,7 @@ class Stage1Task:
 
         grad_fn = jax.value_and_grad(self._generator_losses, has_aux=True)
         (gen_total, (terms, reconstruction)), gen_grads = grad_fn(
-            params["generator"], disc_vars, frozen, images, batch, rng
+            params["generator"], self._generator_constants(state), disc_vars, frozen, images, batch, rng
         )
         gen_updates, gen_opt = self.generator_tx.update(
             gen_grads, state["opt_state"]["generator"], params["generator"]
@@ -296,7 +317,7 @@ class Stage1Task:
         new_state = {
             "step": state["step"] + 1,
             "params": {"generator": new_generator, "discriminator": new_disc_params},
-            "batch_stats": {"discriminator": new_stats},
+            "batch_stats": {**state["batch_stats"], "discriminator": new_stats},
             "opt_state": {"generator": gen_opt, "discriminator": disc_opt},
         }
         return new_state, metrics
@@ -332,18 +353,21 @@ class Stage1Task:
         return fixed_batch(self._source("test"), self.config.data.eval_pairs, self.config.data.seed)
 
     # ------------------------------------------------------------------------------------------- evaluation
-    def _reconstruct(self, gen_params, source, driving, cross):
+    def _generator_variables(self, state):
+        return {"params": state["params"]["generator"], **self._generator_constants(state)}
+
+    def _reconstruct(self, variables, source, driving, cross):
         """(reconstruction of driving, source re-enacted with cross's motion, predicted driving pose, the warped
         source's blend weight [B, H, W, 1] in the reconstruction (ones without the image skip path), the expression
         readout of the driving frame [B, 4]), as numpy. The outputs are replicated so that every process of a
         multi-host run can read them."""
-        mesh = jax.tree.leaves(gen_params)[0].sharding.mesh
-        return jax.device_get(self._reconstruct_jit(mesh)(gen_params, source, driving, cross))
+        mesh = jax.tree.leaves(variables)[0].sharding.mesh
+        return jax.device_get(self._reconstruct_jit(mesh)(variables, source, driving, cross))
 
     @functools.lru_cache(maxsize=2)
     def _reconstruct_jit(self, mesh):
-        def reconstruct(gen_params, source, driving, cross):
-            apply = lambda method, *args, **kw: self.model.apply({"params": gen_params}, *args, method=method, **kw)
+        def reconstruct(variables, source, driving, cross):
+            apply = lambda method, *args, **kw: self.model.apply(variables, *args, method=method, **kw)
             volume, z_id, pose_s, dyn_s = apply(FaceLatentModel.encode, source)
             pose, dyn = apply(FaceLatentModel.encode_motion, jnp.concatenate([driving, cross]))
             b = source.shape[0]
@@ -363,7 +387,7 @@ class Stage1Task:
         expression readout's correlation with the driving frames' labels."""
         batch = self.eval_batch
         images = {k: batch[k].astype(np.float32) / 255.0 for k in ("source", "driving", "cross")}
-        gen_params = state["params"]["generator"]
+        variables = self._generator_variables(state)
         psnrs = {name: [] for name in ("recon", "copy", "recon_mouth", "copy_mouth", "recon_eyes", "copy_eyes")}
         pose_error, blends, readouts = [], [], []
         chunk = self.config.data.batch_size
@@ -371,44 +395,53 @@ class Stage1Task:
             part = {k: v[start : start + chunk] for k, v in images.items()}
             regions = batch["driving_regions"][start : start + chunk]
             recon, _, pose, blend, readout = self._reconstruct(
-                gen_params, part["source"], part["driving"], part["cross"])
+                variables, part["source"], part["driving"], part["cross"])
             for name, prediction in (("recon", recon), ("copy", part["source"])):
                 psnrs[name].append(np.asarray(losses.psnr(prediction, part["driving"])))
                 for index, region in enumerate(regions_lib.REGION_NAMES):
                     psnrs[f"{name}_{region}"].append(
                         np.asarray(losses.psnr(prediction, part["driving"], mask=regions[..., index])))
-            pose_error.append(np.abs(np.asarray(pose)[:, :3] - batch["driving_pose"][start : start + chunk, :3]))
-            blends.append(np.asarray(blend)[..., 0])
-            readouts.append(np.asarray(readout))
+            # A model without our pose convention, blend or expression readout (LivePortrait) gives None for them.
+            if pose is not None:
+                pose_error.append(np.abs(np.asarray(pose)[:, :3] - batch["driving_pose"][start : start + chunk, :3]))
+            if blend is not None:
+                blends.append(np.asarray(blend)[..., 0])
+            if readout is not None:
+                readouts.append(np.asarray(readout))
         psnrs = {k: np.concatenate(v) for k, v in psnrs.items()}
-        blends, readouts = np.concatenate(blends), np.concatenate(readouts)
         pose_delta = np.abs(batch["source_pose"][:, :3] - batch["driving_pose"][:, :3]).max(axis=-1)
         large = pose_delta > self.config.train.large_pose_degrees
         result = {
             "psnr": float(psnrs["recon"].mean()),
             "copy_source_psnr": float(psnrs["copy"].mean()),
-            "head_pose_mae_degrees": float(np.concatenate(pose_error).mean()),
             "num_pairs": int(len(psnrs["recon"])),
             "num_large_pose_pairs": int(large.sum()),
-            "blend_image": float(blends.mean()),
         }
+        if pose_error:
+            result["head_pose_mae_degrees"] = float(np.concatenate(pose_error).mean())
+        if blends:
+            blends = np.concatenate(blends)
+            result["blend_image"] = float(blends.mean())
         if large.any():
             result["psnr_large_pose"] = float(psnrs["recon"][large].mean())
             result["copy_source_psnr_large_pose"] = float(psnrs["copy"][large].mean())
             result["gain_over_copy_large_pose_db"] = result["psnr_large_pose"] - result["copy_source_psnr_large_pose"]
         changes = {"mouth": "mouth_open", "eyes": "eye_open"}
         for index, region in enumerate(regions_lib.REGION_NAMES):
-            mask = batch["driving_regions"][..., index].astype(np.float32)
-            result[f"blend_{region}"] = float((blends * mask).sum() / max(mask.sum(), 1.0))
+            if len(blends):
+                mask = batch["driving_regions"][..., index].astype(np.float32)
+                result[f"blend_{region}"] = float((blends * mask).sum() / max(mask.sum(), 1.0))
             label = changes[region]
             changed = np.abs(batch[f"source_{label}"] - batch[f"driving_{label}"]) > self.config.train.expression_change
             result[f"num_{region}_change_pairs"] = int(changed.sum())
             if changed.any():
                 gain = psnrs[f"recon_{region}"][changed] - psnrs[f"copy_{region}"][changed]
                 result[f"gain_over_copy_{region}_db"] = float(gain.mean())
-        labels = np.asarray(expression_labels(batch, ("driving",)))
-        for index, name in enumerate(EXPRESSION_LABELS):
-            result[f"readout_r_{name}"] = evaluate.pearson(readouts[:, index], labels[:, index])
+        if readouts:
+            readouts = np.concatenate(readouts)
+            labels = np.asarray(expression_labels(batch, ("driving",)))
+            for index, name in enumerate(EXPRESSION_LABELS):
+                result[f"readout_r_{name}"] = evaluate.pearson(readouts[:, index], labels[:, index])
         return result
 
     def sample_grid(self, state, num_rows: int = 6) -> np.ndarray:
@@ -416,8 +449,8 @@ class Stage1Task:
         the cross identity's motion. uint8 [rows * H, 5 * W, 3]."""
         batch = {k: v[:num_rows] for k, v in self.eval_batch.items()}
         images = {k: batch[k].astype(np.float32) / 255.0 for k in ("source", "driving", "cross")}
-        gen_params = state["params"]["generator"]
-        recon, reenacted = self._reconstruct(gen_params, images["source"], images["driving"], images["cross"])[:2]
+        recon, reenacted = self._reconstruct(self._generator_variables(state), images["source"], images["driving"],
+                                             images["cross"])[:2]
         columns = [images["source"], images["driving"], np.asarray(recon), images["cross"], np.asarray(reenacted)]
         rows = [np.concatenate([c[i] for c in columns], axis=1) for i in range(len(images["source"]))]
         return (np.clip(np.concatenate(rows, axis=0), 0, 1) * 255).round().astype(np.uint8)
