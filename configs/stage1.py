@@ -307,7 +307,7 @@ def _make_liveportrait(config, tiny: bool):
         # Narrow networks at 32 -> 64 pixels; SPADE's hidden width stays the published 128 so that checkpoints of
         # this layout built with the PyTorch reference modules import.
         model = dataclasses.replace(
-            model, source_size=32, block_expansion=8, max_features=32, volume_channels=4, volume_depth=8,
+            model, image_size=32, block_expansion=8, max_features=32, volume_channels=4, volume_depth=8,
             num_resblocks=1, num_keypoints=8, convnext_depths=(1, 1, 1, 1), convnext_dims=(16, 24, 32, 40),
             dense_block_expansion=8, dense_max_features=32, dense_num_blocks=2, dense_compress=2,
             decoder_out_channels=16, stitching_hidden=(16,), lip_hidden=(16,), eye_hidden=(16,))

@@ -256,3 +256,11 @@ def test_the_default_config_is_the_published_layout(tmp_path):
               for name in lp.CHECKPOINT_FILES}
     for name, module in networks.items():
         assert counts[name] == sum(p.numel() for p in module.parameters()), name
+
+    # The folder is a stage 1 wherever one is read (generation, encode_motion): the published sizes, these weights.
+    from vasa_jax import checkpoints
+
+    stage1 = checkpoints.load_stage1(str(tmp_path))
+    assert stage1.model.cfg == published and stage1.config is None
+    assert stage1.model.cfg.output_size == 512 and stage1.model.cfg.dynamics_dim == 63
+    jax.tree.map(np.testing.assert_array_equal, stage1.variables, variables)

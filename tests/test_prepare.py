@@ -463,7 +463,8 @@ def test_liveportrait_fine_tunes_on_the_prepared_videos(prepared_media, tmp_path
     """configs/stage1.py:liveportrait_tiny from checkpoints of LivePortrait's layout (built with the PyTorch
     reference modules, random weights, saved as the published files): the run starts from the imported weights,
     its reconstruction loss falls on the prepared real videos, and a second run in the workdir resumes from the
-    checkpoint instead of importing again."""
+    checkpoint instead of importing again. Its motion then trains a stage 2, and the two generate a video for
+    every shared photo (2 s of speech each)."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("mimic_head")
     from configs.stage1 import get_config
@@ -497,6 +498,28 @@ def test_liveportrait_fine_tunes_on_the_prepared_videos(prepared_media, tmp_path
     second = train(24)
     assert "resumed from" in second.stdout and "at step 20" in second.stdout
     assert "LivePortrait imported" not in second.stdout and "step 24/24" in second.stdout
+
+    # LivePortrait's motion as the stage-2 motion space, and generation with the fine-tuned renderer on every
+    # shared photo, with the shared speech in turn.
+    from vasa_jax import audio
+    from vasa_jax.data import motion
+    from vasa_jax.generate import TalkingHeadPipeline
+
+    motion_dir, stage2 = str(tmp_path / "motion"), str(tmp_path / "stage2")
+    _run("vasa_jax.data.encode_motion", f"--prepared={prepared_media['output']}", f"--stage1={workdir}",
+         f"--output={motion_dir}", "--batch_size=16")
+    assert json.load(open(os.path.join(motion_dir, motion.MANIFEST)))["motion_dim"] == 7 + cfg.dynamics_dim
+    _run("vasa_jax.train", "--config=configs/stage2.py:real_tiny", f"--workdir={stage2}",
+         f"--config.data.root={motion_dir}", "--config.train.num_steps=2", "--config.data.eval_split=train",
+         "--config.train.checkpoint_every=2", "--config.train.eval_every=2", "--config.data.eval_windows=8")
+    pipeline = TalkingHeadPipeline.from_workdirs(workdir, stage2)
+    photos = sorted(os.listdir(os.path.join(MEDIA, "images")))
+    speeches = sorted(os.listdir(os.path.join(MEDIA, "audio")))
+    for index, photo in enumerate(photos):
+        speech = audio.load_audio(_media("audio", speeches[index % len(speeches)]))[: 2 * audio.SAMPLE_RATE]
+        frames = pipeline.generate(_media("images", photo), speech, num_steps=2).frames
+        assert frames.shape == (audio.num_video_frames(len(speech)), cfg.output_size, cfg.output_size, 3), photo
+        assert frames.std() > 0, photo
 
 
 def _run(*args, env=ONE_DEVICE):

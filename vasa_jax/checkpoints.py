@@ -64,8 +64,15 @@ def restore_params(workdir: str, network: str, abstract_params: Any) -> Any:
     """The parameters of `network` ("generator", "dit") in the latest checkpoint of `workdir`, on the first local
     device. `abstract_params` gives their structure (jax.ShapeDtypeStruct leaves: `jax.eval_shape` of the
     network's unboxed init); the rest of the training state stays on disk."""
+    return restore_variables(workdir, network, {"params": abstract_params})["params"]
+
+
+def restore_variables(workdir: str, network: str, abstract_variables: Mapping[str, Any]) -> dict:
+    """`network`'s variable collections ({"params": ..., "batch_stats": ...}, as `abstract_variables` lists them)
+    from the latest checkpoint of `workdir` (state/<collection>/<network>), on the first local device."""
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = {"params": {network: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), abstract_params)}}
+    abstract = {collection: {network: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)}
+                for collection, tree in abstract_variables.items()}
     restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device), abstract)
     manager = _open(workdir)
     try:
@@ -73,7 +80,7 @@ def restore_params(workdir: str, network: str, abstract_params: Any) -> Any:
             state=ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args, partial_restore=True)))
     finally:
         manager.close()
-    return restored["state"]["params"][network]
+    return {collection: restored["state"][collection][network] for collection in abstract_variables}
 
 
 def _task_of(config) -> str:
@@ -82,11 +89,19 @@ def _task_of(config) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Stage1Model:
-    """A trained face latent model: `model.apply({"params": params}, ..., method=FaceLatentModel.encode)` etc."""
+    """A trained stage-1 renderer: our face latent model, or LivePortrait's (`vasa_jax.models.liveportrait`), which
+    has the same interface: `model.apply(stage1.variables, ..., method="encode")` (or "encode_motion", "decode"),
+    `model.cfg.image_size` (what the encoders read), `model.cfg.output_size` (what decode renders) and
+    `model.cfg.dynamics_dim` (the motion beside the 7 pose values)."""
 
-    model: FaceLatentModel
+    model: Any  # FaceLatentModel or LivePortrait
     params: Any
-    config: Any  # the training config (ml_collections.ConfigDict) it was trained with
+    config: Any  # the training config (ml_collections.ConfigDict) it was trained with; None for imported weights
+    constants: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # LivePortrait's BatchNorm statistics
+
+    @property
+    def variables(self) -> dict:
+        return {"params": self.params, **self.constants}
 
 
 def _stage1_abstract(model: FaceLatentModel):
@@ -94,13 +109,30 @@ def _stage1_abstract(model: FaceLatentModel):
     return jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), image, image)["params"]))
 
 
-def load_stage1(workdir: str) -> Stage1Model:
-    """The stage-1 model of the latest checkpoint of a stage-1 training workdir."""
-    config = read_config(workdir)
-    if _task_of(config) != "stage1":
-        raise ValueError(f"{workdir} is a {_task_of(config)} workdir, not a stage-1 one")
+STAGE1_TASKS = ("stage1", "liveportrait")  # training tasks whose generator is a stage-1 renderer
+
+
+def load_stage1(path: str) -> Stage1Model:
+    """The stage-1 renderer of the latest checkpoint of a stage-1 (or LivePortrait fine-tuning) workdir, or
+    LivePortrait's published checkpoint files in a folder (the published sizes)."""
+    from vasa_jax.models import liveportrait
+
+    if liveportrait.is_checkpoint_folder(path) and not os.path.isdir(checkpoint_directory(path)):
+        variables = liveportrait.load_liveportrait(path)
+        return Stage1Model(liveportrait.LivePortrait(liveportrait.LivePortraitConfig()), variables["params"], None,
+                           {"batch_stats": variables["batch_stats"]})
+    config = read_config(path)
+    if _task_of(config) not in STAGE1_TASKS:
+        raise ValueError(f"{path} is a {_task_of(config)} workdir, not a stage-1 one")
+    if _task_of(config) == "liveportrait":
+        cfg = liveportrait.LivePortraitConfig.from_config(config.model)
+        model = liveportrait.LivePortrait(cfg)
+        image = jax.ShapeDtypeStruct((1, cfg.image_size, cfg.image_size, 3), jnp.float32)
+        abstract = jax.eval_shape(model.init, jax.random.key(0), image, image)
+        variables = restore_variables(path, "generator", abstract)
+        return Stage1Model(model, variables["params"], config, {"batch_stats": variables["batch_stats"]})
     model = FaceLatentModel(Stage1ModelConfig.from_config(config.model))
-    return Stage1Model(model, restore_params(workdir, "generator", _stage1_abstract(model)), config)
+    return Stage1Model(model, restore_params(path, "generator", _stage1_abstract(model)), config)
 
 
 STAGE2_DIMS = ("motion_dim", "audio_dim", "emotion_dim")  # what a stage-2 network takes from its dataset

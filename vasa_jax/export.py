@@ -79,6 +79,9 @@ def export(stage1_dir: str, stage2_dir: str, out: str, wav2vec2_dir: str | None 
         manifest = motion_data.read_json(os.path.join(stage2.config.data.root, motion_data.MANIFEST))
     except (FileNotFoundError, ValueError) as err:
         raise ExportError(str(err)) from None
+    if stage1.constants or stage1.config is None:
+        raise ExportError(f"{stage1_dir}: exporting a LivePortrait stage 1 is not supported yet; generate with "
+                          "--stage1 (its workdir or checkpoint folder) and --stage2")
     if manifest.get("motion_source") != "stage1":
         raise ExportError(f"{stage2_dir} was trained on {manifest.get('motion_source')!r} motion, not on a stage 1's")
     motion_dim = 7 + stage1.model.cfg.dynamics_dim

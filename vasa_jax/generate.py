@@ -162,15 +162,15 @@ class TalkingHeadPipeline:
     Every network call has one fixed shape per pipeline (frames are rendered in batches of `render_batch`,
     motion in windows of W), so a second `generate` compiles nothing."""
 
-    def __init__(self, stage1_model, stage1_params, sampler: MotionSampler, audio_encoder, render_batch: int = 8,
+    def __init__(self, stage1, sampler: MotionSampler, audio_encoder, render_batch: int = 8,
                  output_size: Optional[int] = None, crop: str = "face", paste_back: bool = False,
                  emotion_classes: Sequence[str] = ()):
+        """`stage1`: a `checkpoints.Stage1Model` (our face latent model or LivePortrait's renderer)."""
         import jax
 
-        from vasa_jax.models.stage1 import FaceLatentModel
-
-        self.stage1_cfg = stage1_model.cfg
-        self.resolution = int(self.stage1_cfg.image_size)
+        self.stage1_cfg = stage1.model.cfg
+        self.resolution = int(self.stage1_cfg.image_size)  # what the encoders read
+        self.render_size = int(self.stage1_cfg.output_size)  # what the decoder renders
         self.sampler = sampler
         self.audio_encoder = audio_encoder
         self.render_batch = int(render_batch)
@@ -189,15 +189,15 @@ class TalkingHeadPipeline:
         if sampler.cfg.audio_dim != audio_encoder.feature_dim:
             raise GenerationError(f"mismatched audio encoder: stage 2 expects {sampler.cfg.audio_dim}-d features, "
                                   f"{audio_encoder!r} gives {audio_encoder.feature_dim}")
-        self._encode = jax.jit(
-            lambda x: stage1_model.apply({"params": stage1_params}, x, method=FaceLatentModel.encode))
+        variables = stage1.variables
+        self._encode = jax.jit(lambda x: stage1.model.apply(variables, x, method="encode"))
 
         def decode(source, pose, dyn):
             b = pose.shape[0]
             tile = lambda x: jax.numpy.broadcast_to(x, (b,) + x.shape[1:])
-            image = stage1_model.apply(
-                {"params": stage1_params}, tile(source["volume"]), tile(source["z_id"]), tile(source["pose"]),
-                tile(source["dyn"]), pose, dyn, tile(source["image"]), method=FaceLatentModel.decode)
+            image = stage1.model.apply(
+                variables, tile(source["volume"]), tile(source["z_id"]), tile(source["pose"]),
+                tile(source["dyn"]), pose, dyn, tile(source["image"]), method="decode")
             return jax.numpy.round(jax.numpy.clip(image, 0.0, 1.0) * 255.0).astype(jax.numpy.uint8)
 
         self._decode = jax.jit(decode)
@@ -214,12 +214,16 @@ class TalkingHeadPipeline:
         for name, directory in (("stage1", stage1_dir), ("stage2", stage2_dir)):
             if not directory or not os.path.isdir(directory):
                 raise GenerationError(f"--{name} {directory!r} is not a directory")
+        from vasa_jax.models import liveportrait
+
         try:
-            stage1_config = checkpoints.read_config(stage1_dir)
+            # A folder of LivePortrait's published files is a stage 1 without a training config.
+            is_imported = liveportrait.is_checkpoint_folder(stage1_dir)
+            stage1_config = None if is_imported else checkpoints.read_config(stage1_dir)
             stage2_config = checkpoints.read_config(stage2_dir)
         except FileNotFoundError as err:
             raise GenerationError(str(err)) from None
-        if stage1_config.get("task", "stage1") != "stage1":
+        if stage1_config is not None and stage1_config.get("task", "stage1") not in checkpoints.STAGE1_TASKS:
             raise GenerationError(f"{stage1_dir} is a {stage1_config.task} workdir, not a stage-1 one")
         if stage2_config.get("task") != "stage2":
             raise GenerationError(f"{stage2_dir} is a {stage2_config.get('task', 'stage1')} workdir, not a stage-2 one")
@@ -239,10 +243,13 @@ class TalkingHeadPipeline:
                 audio_encoder = encoder_from_description(manifest.get("audio_encoder", ""))
             except (ValueError, OSError) as err:
                 raise GenerationError(f"the audio encoder stage 2 was trained with: {err}") from None
-        stage1 = checkpoints.load_stage1(stage1_dir)
+        try:
+            stage1 = checkpoints.load_stage1(stage1_dir)
+        except (ValueError, OSError) as err:
+            raise GenerationError(str(err)) from None
         sampler = MotionSampler.from_trained(checkpoints.load_stage2(stage2_dir))
         kwargs.setdefault("emotion_classes", manifest.get("emotion_classes", ()))
-        return cls(stage1.model, stage1.params, sampler, audio_encoder, **kwargs)
+        return cls(stage1, sampler, audio_encoder, **kwargs)
 
     @classmethod
     def from_model(cls, model_dir: str, audio_encoder=None, **kwargs) -> "TalkingHeadPipeline":
@@ -259,8 +266,7 @@ class TalkingHeadPipeline:
         except (ValueError, OSError) as err:
             raise GenerationError(str(err)) from None
         kwargs.setdefault("emotion_classes", model.emotion_classes)
-        return cls(model.stage1.model, model.stage1.params, MotionSampler.from_trained(model.stage2), audio_encoder,
-                   **kwargs)
+        return cls(model.stage1, MotionSampler.from_trained(model.stage2), audio_encoder, **kwargs)
 
     # ------------------------------------------------------------------------------------------------ pieces
     def encode_source(self, image) -> dict:
@@ -294,12 +300,12 @@ class TalkingHeadPipeline:
         """(height, width) of the frames this pipeline produces for an encoded source."""
         if self.paste_back:
             return source["backdrop"].shape[:2]
-        size = self.output_size or self.resolution
+        size = self.output_size or self.render_size
         return size, size
 
     def render(self, source: Mapping, motion: np.ndarray) -> np.ndarray:
         """Frames uint8 [T, H, W, 3] for motion [T, 7 + dynamics_dim] (stage-1 units): the animated crop at `output_size`
-        when set (bicubic resize of the stage-1 resolution), else at the stage-1 resolution; with paste-back, the
+        when set (bicubic resize of what the decoder renders), else at the decoder's size; with paste-back, the
         whole photo at `frame_size`."""
         motion = np.asarray(motion, np.float32)
         latents = {k: source[k] for k in ("volume", "z_id", "pose", "dyn", "image")}  # the decoder's inputs
@@ -318,8 +324,8 @@ class TalkingHeadPipeline:
             from vasa_jax.data import face
 
             return face.paste_back(source["backdrop"], source["backdrop_box"], frames)
-        size = self.output_size or self.resolution
-        if size != self.resolution:
+        size = self.output_size or self.render_size
+        if size != self.render_size:
             import cv2
 
             frames = np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_CUBIC) for f in frames])

@@ -27,7 +27,8 @@ from vasa_jax.data import atomic, motion, synthetic
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output", None, "dataset folder to create or complete", required=True)
 flags.DEFINE_enum("motion", "stage1", ["stage1", "ground_truth"], "where motion latents come from")
-flags.DEFINE_string("stage1", None, "stage-1 training workdir (its latest checkpoint encodes the motion)")
+flags.DEFINE_string("stage1", None, "stage-1 training workdir (its latest checkpoint encodes the motion), or a "
+                    "folder of LivePortrait's published checkpoints")
 flags.DEFINE_string("prepared", None, "a prepared real-video dataset (python -m vasa_jax.data.prepare); "
                     "default: the synthetic heads")
 config_flags.DEFINE_config_file(
@@ -40,23 +41,23 @@ flags.DEFINE_integer("batch_size", 32, "frames per stage-1 encoder call (rounded
 
 
 def stage1_frame_encoder(workdir: str, batch_size: int):
-    """(encode_frames, stage-1 model): the latest checkpoint of a stage-1 workdir as uint8 frames [T, S, S, 3] at
-    its resolution -> motion [T, 7 + dynamics_dim]. Each call's batch is split over the local devices (the
-    parameters are replicated); the last batch of a clip is padded, so every call has one shape."""
+    """(encode_frames, stage-1 model): the latest checkpoint of a stage-1 workdir (or a LivePortrait renderer:
+    `checkpoints.load_stage1`) as uint8 frames [T, S, S, 3] at its resolution -> motion [T, 7 + dynamics_dim].
+    Each call's batch is split over the local devices (the parameters are replicated); the last batch of a clip
+    is padded, so every call has one shape."""
     import jax
     import numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     from vasa_jax.checkpoints import load_stage1
-    from vasa_jax.models.stage1 import FaceLatentModel
 
     stage1 = load_stage1(workdir)
     devices = jax.local_devices()
     batch_size = -(-int(batch_size) // len(devices)) * len(devices)
     mesh = Mesh(np.asarray(devices), ("data",))
     frames_sharding = NamedSharding(mesh, PartitionSpec("data"))
-    params = jax.device_put(stage1.params, NamedSharding(mesh, PartitionSpec()))
-    encode = jax.jit(lambda p, x: stage1.model.apply({"params": p}, x, method=FaceLatentModel.encode_motion))
+    variables = jax.device_put(stage1.variables, NamedSharding(mesh, PartitionSpec()))
+    encode = jax.jit(lambda v, x: stage1.model.apply(v, x, method="encode_motion"))
     size = stage1.model.cfg.image_size
 
     def encode_frames(frames):
@@ -70,7 +71,7 @@ def stage1_frame_encoder(workdir: str, batch_size: int):
             if n < batch_size:  # one compiled shape for every call
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - n, axis=0)])
             chunk = jax.device_put(chunk.astype(np.float32) / 255.0, frames_sharding)
-            pose, dyn = encode(params, chunk)
+            pose, dyn = encode(variables, chunk)
             out.append(np.concatenate([np.asarray(pose), np.asarray(dyn).reshape(batch_size, -1)], axis=1)[:n])
         return np.concatenate(out)
 
@@ -177,6 +178,9 @@ def main(argv):
         return
     if FLAGS.motion == "stage1":
         encode_frames, stage1 = stage1_frame_encoder(FLAGS.stage1, FLAGS.batch_size)
+        if stage1.config is None:
+            sys.exit(f"{FLAGS.stage1} holds imported weights without a training config; the synthetic heads are "
+                     "described by a stage-1 workdir's config: encode prepared real video (--prepared)")
         motion_fn, stage1_config = (lambda render, truth: encode_frames(render())), stage1.config
     else:
         motion_fn, stage1_config = motion.ground_truth_motion, FLAGS.synthetic_config

@@ -47,7 +47,7 @@ class LivePortraitConfig:
     narrower ones. F, W and G share block_expansion, max_features, num_down_blocks and the volume's shape, as the
     published configuration does."""
 
-    source_size: int = 256  # the photo F and M read (the published weights: 256); the output is upscale times it
+    image_size: int = 256  # the photo F and M read (the published weights: 256); the output is upscale times it
     block_expansion: int = 64
     max_features: int = 512
     num_down_blocks: int = 2
@@ -79,7 +79,12 @@ class LivePortraitConfig:
 
     @property
     def output_size(self) -> int:
-        return self.source_size * max(self.decoder_upscale, 1)
+        return self.image_size * max(self.decoder_upscale, 1)
+
+    @property
+    def dynamics_dim(self) -> int:
+        """What drives a render beside the pose: the expression deformation of every keypoint."""
+        return 3 * self.num_keypoints
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "LivePortraitConfig":
@@ -587,7 +592,7 @@ class LivePortrait(nn.Module):
         self.stitching_retargeting_module = StitchingRetargeting(self.cfg)
 
     def encode(self, image, train: bool = False):
-        """image [B, S, S, 3] in [0, 1] (S = cfg.source_size) -> (volume, canonical keypoints [B, K, 3], pose [B, 7],
+        """image [B, S, S, 3] in [0, 1] (S = cfg.image_size) -> (volume, canonical keypoints [B, K, 3], pose [B, 7],
         expression [B, 3K])."""
         self._check_image(image)
         kp, pose, expression = pose_from_motion(self.motion_extractor(image))
@@ -599,10 +604,13 @@ class LivePortrait(nn.Module):
         _, pose, expression = pose_from_motion(self.motion_extractor(image))
         return pose, expression
 
-    def decode(self, volume, kp_canonical, pose_source, exp_source, pose_driving, exp_driving, *,
-               stitch: bool = False, train: bool = False):
+    def decode(self, volume, kp_canonical, pose_source, exp_source, pose_driving, exp_driving, source_image=None,
+               *, stitch: bool = False, train: bool = False):
         """The source's volume and keypoints rendered with the driving pose and expression -> [B, S, S, 3] with
-        S = cfg.output_size. `stitch` applies the stitching MLP to the driving keypoints (for pasting back)."""
+        S = cfg.output_size. `stitch` applies the stitching MLP to the driving keypoints (for pasting back).
+        `source_image` is accepted for the stage-1 interface (`FaceLatentModel.decode`'s image-skip path) and not
+        read: LivePortrait renders from the volume alone."""
+        del source_image
         kp_source = transform_keypoints(kp_canonical, pose_source, exp_source)
         kp_driving = transform_keypoints(kp_canonical, pose_driving, exp_driving)
         if stitch:
@@ -623,7 +631,7 @@ class LivePortrait(nn.Module):
         return self.decode(volume, kp, pose_s, exp_s, pose_d, exp_d, stitch=True, train=train)
 
     def _check_image(self, image):
-        size = self.cfg.source_size
+        size = self.cfg.image_size
         if image.ndim != 4 or tuple(image.shape[1:]) != (size, size, 3):
             raise ValueError(f"this LivePortrait reads images of shape [B, {size}, {size}, 3] in [0, 1], "
                              f"got {tuple(image.shape)}")
@@ -745,11 +753,18 @@ def checkpoint_file(folder: str, network: str) -> str:
     )
 
 
+def is_checkpoint_folder(folder: str) -> bool:
+    """Whether `folder` holds LivePortrait's published files (any of them: `load_liveportrait` names a missing
+    one)."""
+    return any(os.path.isfile(os.path.join(os.fspath(folder), stem + suffix))
+               for stem in CHECKPOINT_FILES.values() for suffix in (".pth", ".safetensors"))
+
+
 def load_liveportrait(folder: str, cfg: LivePortraitConfig = LivePortraitConfig()) -> dict:
     """The published checkpoint files in `folder` -> variables {"params", "batch_stats"} for `LivePortrait(cfg)`.
     Read without torch and without running any pickled code (`torch_import`); nothing is downloaded."""
     files = {network: checkpoint_file(folder, network) for network in CHECKPOINT_FILES}
-    image = jax.ShapeDtypeStruct((1, cfg.source_size, cfg.source_size, 3), jnp.float32)
+    image = jax.ShapeDtypeStruct((1, cfg.image_size, cfg.image_size, 3), jnp.float32)
     expected = jax.eval_shape(LivePortrait(cfg).init, jax.random.PRNGKey(0), image, image)
     variables: dict = {"params": {}, "batch_stats": {}}
     for network, path in files.items():

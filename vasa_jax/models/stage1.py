@@ -124,6 +124,11 @@ class Stage1ModelConfig:
         """Size of a flat z_dyn: 3 per keypoint, then the expression code."""
         return 3 * self.num_keypoints + self.expression_code_dim
 
+    @property
+    def output_size(self) -> int:
+        """What decode renders: the size it reads (LivePortrait's renderer renders larger)."""
+        return self.image_size
+
     @classmethod
     def from_config(cls, config: Any) -> "Stage1ModelConfig":
         return config_from_mapping(cls, config, "stage-1 model")

@@ -34,7 +34,7 @@ class LivePortraitTask(Stage1Task):
         if config.data.resolution != model_cfg.output_size:
             raise ValueError(
                 f"data.resolution ({config.data.resolution}) must equal LivePortrait's output size "
-                f"(model.source_size {model_cfg.source_size} x model.decoder_upscale {model_cfg.decoder_upscale})")
+                f"(model.image_size {model_cfg.image_size} x model.decoder_upscale {model_cfg.decoder_upscale})")
         switched_on = [name for name in UNSUPPORTED_LOSSES if config.losses[name] > 0]
         if switched_on:
             raise ValueError(
@@ -50,7 +50,7 @@ class LivePortraitTask(Stage1Task):
         return images.reshape(b, h // factor, factor, w // factor, factor, c).mean(axis=(2, 4))
 
     def init_boxed(self, rng):
-        size = self.model_cfg.source_size
+        size = self.model_cfg.image_size
         image = jnp.zeros((1, size, size, 3), jnp.float32)
         gen_rng, disc_rng = jax.random.split(rng)
         generator = self.model.init(gen_rng, image, image)
