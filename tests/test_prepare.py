@@ -503,7 +503,7 @@ def test_liveportrait_fine_tunes_on_the_prepared_videos(prepared_media, tmp_path
     # shared photo, with the shared speech in turn.
     from vasa_jax import audio
     from vasa_jax.data import motion
-    from vasa_jax.generate import TalkingHeadPipeline
+    from vasa_jax.generate import TalkingHeadPipeline, load_image
 
     motion_dir, stage2 = str(tmp_path / "motion"), str(tmp_path / "stage2")
     _run("vasa_jax.data.encode_motion", f"--prepared={prepared_media['output']}", f"--stage1={workdir}",
@@ -520,6 +520,11 @@ def test_liveportrait_fine_tunes_on_the_prepared_videos(prepared_media, tmp_path
         frames = pipeline.generate(_media("images", photo), speech, num_steps=2).frames
         assert frames.shape == (audio.num_video_frames(len(speech)), cfg.output_size, cfg.output_size, 3), photo
         assert frames.std() > 0, photo
+    # Pasted back into the photo (LivePortrait's stitching on), at the photo's size with even sides.
+    pasted = TalkingHeadPipeline.from_workdirs(workdir, stage2, paste_back=True)
+    frames = pasted.generate(_media("images", photos[0]), speech, num_steps=2).frames
+    height, width = load_image(_media("images", photos[0])).shape[:2]
+    assert frames.shape[1:] == (height // 2 * 2, width // 2 * 2, 3)
 
 
 def _run(*args, env=ONE_DEVICE):

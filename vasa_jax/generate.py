@@ -4,7 +4,7 @@ motion window by window with stage 2, render every frame with stage 1's decoder,
   python -m vasa_jax.generate --image FACE.jpg --audio SPEECH.wav --out OUT.mp4 --model MODEL_DIR
   python -m vasa_jax.generate --image FACE.jpg --audio SPEECH.wav --out OUT.mp4 --stage1 DIR --stage2 DIR
       [--gaze THETA,PHI] [--distance D] [--emotion NAME|v1,v2,...] [--audio_guidance 0.5] [--gaze_guidance 1.0]
-      [--num_steps 50] [--seed 0] [--resolution S] [--crop face|center] [--paste_back]
+      [--num_steps 50] [--seed 0] [--resolution S] [--crop face|liveportrait|center] [--paste_back]
 
 Python:
   pipeline = TalkingHeadPipeline.from_model(model_dir)   # python -m vasa_jax.export; or .from_workdirs(s1, s2)
@@ -13,8 +13,9 @@ Python:
 
 The face of the photo is found and cropped as the data preparation crops video frames (MediaPipe Face Mesh, the
 same framing, eyes levelled: `vasa_jax.data.face`); a photo with no face is an error, one with several faces
-animates the largest, with a warning. `crop="center"` takes the centred square instead, for a photo already framed
-like the training data (the synthetic heads). `paste_back=True` puts the animated crop back into the whole photo.
+animates the largest, with a warning. `crop="liveportrait"` frames it as LivePortrait's published weights expect
+(the default for them), `crop="center"` takes the centred square instead, for a photo already framed like the
+training data (the synthetic heads). `paste_back=True` puts the animated crop back into the whole photo.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def load_image(image) -> np.ndarray:
     return np.asarray(picture.convert("RGB"), np.float32) / 255.0
 
 
-CROPS = ("face", "center")
+CROPS = ("face", "liveportrait", "center")
 
 
 @dataclasses.dataclass
@@ -111,14 +112,15 @@ class Portrait:
 
 def portrait_crop(photo: np.ndarray, size: int, crop: str = "face") -> Portrait:
     """The square the model animates: around the photo's largest face, framed and levelled as the data
-    preparation frames video (crop="face"), or the centred square (crop="center"); resized to size x size.
-    Raises GenerationError when crop="face" finds no face; warns when it finds several."""
+    preparation frames video (crop="face") or as LivePortrait frames faces (crop="liveportrait"), or the centred
+    square (crop="center"); resized to size x size. Raises GenerationError when no face is found where one is
+    looked for; warns when there are several."""
     from vasa_jax.data import face
 
     height, width = photo.shape[:2]
     if crop == "center":
         box, count = np.array([width / 2, height / 2, min(height, width), 0.0]), 0
-    elif crop == "face":
+    elif crop in ("face", "liveportrait"):
         with face.FaceMesh(max_faces=4) as mesh:
             faces = mesh(np.round(np.clip(photo, 0, 1) * 255).astype(np.uint8))
         if not faces:
@@ -126,7 +128,8 @@ def portrait_crop(photo: np.ndarray, size: int, crop: str = "face") -> Portrait:
                                   "for a photo already framed like the training data)")
         if len(faces) > 1:
             warnings.warn(f"{len(faces)} faces in the photo: animating the largest")
-        box, count = face.crop_boxes(faces[0]), len(faces)
+        boxes = face.crop_boxes if crop == "face" else face.liveportrait_crop_boxes
+        box, count = boxes(faces[0]), len(faces)
     else:
         raise GenerationError(f"crop {crop!r}: expected one of {CROPS}")
     square = np.clip(face.apply_crop(photo.astype(np.float32), box, size), 0.0, 1.0)
@@ -163,9 +166,11 @@ class TalkingHeadPipeline:
     motion in windows of W), so a second `generate` compiles nothing."""
 
     def __init__(self, stage1, sampler: MotionSampler, audio_encoder, render_batch: int = 8,
-                 output_size: Optional[int] = None, crop: str = "face", paste_back: bool = False,
+                 output_size: Optional[int] = None, crop: Optional[str] = None, paste_back: bool = False,
                  emotion_classes: Sequence[str] = ()):
-        """`stage1`: a `checkpoints.Stage1Model` (our face latent model or LivePortrait's renderer)."""
+        """`stage1`: a `checkpoints.Stage1Model` (our face latent model or LivePortrait's renderer). `crop`: see
+        `portrait_crop`; by default the framing the renderer was trained on ("liveportrait" for imported
+        LivePortrait weights, which have no training config of ours; "face" otherwise)."""
         import jax
 
         self.stage1_cfg = stage1.model.cfg
@@ -177,6 +182,8 @@ class TalkingHeadPipeline:
         if output_size is not None and (output_size <= 0 or output_size % 2):
             raise GenerationError(f"the output size must be a positive even number (H.264), got {output_size}")
         self.output_size = output_size
+        if crop is None:
+            crop = "liveportrait" if stage1.config is None else "face"
         if crop not in CROPS:
             raise GenerationError(f"crop {crop!r}: expected one of {CROPS}")
         self.crop, self.paste_back = crop, bool(paste_back)
@@ -189,15 +196,20 @@ class TalkingHeadPipeline:
         if sampler.cfg.audio_dim != audio_encoder.feature_dim:
             raise GenerationError(f"mismatched audio encoder: stage 2 expects {sampler.cfg.audio_dim}-d features, "
                                   f"{audio_encoder!r} gives {audio_encoder.feature_dim}")
+        from vasa_jax.models.liveportrait import LivePortrait
+
         variables = stage1.variables
         self._encode = jax.jit(lambda x: stage1.model.apply(variables, x, method="encode"))
+        # LivePortrait's stitching moves the driving keypoints so that what lies outside the face stays where the
+        # photo has it: the pasted crop then joins the photo.
+        decode_options = {"stitch": True} if self.paste_back and isinstance(stage1.model, LivePortrait) else {}
 
         def decode(source, pose, dyn):
             b = pose.shape[0]
             tile = lambda x: jax.numpy.broadcast_to(x, (b,) + x.shape[1:])
             image = stage1.model.apply(
                 variables, tile(source["volume"]), tile(source["z_id"]), tile(source["pose"]),
-                tile(source["dyn"]), pose, dyn, tile(source["image"]), method="decode")
+                tile(source["dyn"]), pose, dyn, tile(source["image"]), method="decode", **decode_options)
             return jax.numpy.round(jax.numpy.clip(image, 0.0, 1.0) * 255.0).astype(jax.numpy.uint8)
 
         self._decode = jax.jit(decode)
@@ -516,7 +528,8 @@ if __name__ == "__main__":
     flags.DEFINE_integer("seed", 0, "random seed")
     flags.DEFINE_integer("resolution", None, "output frame size (default: the stage-1 model's); even. With "
                          "--paste_back: the longer side of the output photo (default: the photo's own)")
-    flags.DEFINE_enum("crop", "face", list(CROPS), "face: find the face and frame it as the training data; "
-                      "center: the centred square, for a photo already framed like the training data")
+    flags.DEFINE_enum("crop", None, list(CROPS), "face: find the face and frame it as the training data; "
+                      "liveportrait: as LivePortrait frames faces; center: the centred square, for a photo already "
+                      "framed like the training data (default: the stage-1 model's framing)")
     flags.DEFINE_bool("paste_back", False, "put the animated face back into the whole photo")
     app.run(main)

@@ -234,6 +234,35 @@ def crop_boxes(landmarks: np.ndarray) -> np.ndarray:
     return np.concatenate([center, (height / FACE_HEIGHT_IN_CROP)[..., None], angle[..., None]], -1)
 
 
+# LivePortrait's framing (its crop configuration: the square around the face's landmarks scaled by 2.3, moved up by
+# 0.125 of its side along the face's axis, rotated so that the eye-to-mouth axis is vertical), from the MediaPipe
+# points that match the extent of the 106-point layout it was defined on: the face below the top of the eyebrows.
+LIVEPORTRAIT_CROP_SCALE = 2.3
+LIVEPORTRAIT_CROP_RAISE = 0.125
+EYEBROW_POINTS = (46, 53, 52, 65, 55, 70, 63, 105, 66, 107, 276, 283, 282, 295, 285, 300, 293, 334, 296, 336)
+
+
+def liveportrait_crop_boxes(landmarks: np.ndarray) -> np.ndarray:
+    """LivePortrait's square crops [..., 4] = (center x, center y, side, angle in radians), as `crop_boxes`."""
+    points = landmarks[..., :FACE_MESH_POINTS, :2]
+    eyes = points[..., [RIGHT_EYE_OUTER, RIGHT_EYE_INNER, LEFT_EYE_OUTER, LEFT_EYE_INNER], :].mean(axis=-2)
+    lips = points[..., [LIP_INNER_TOP, LIP_INNER_BOTTOM], :].mean(axis=-2)
+    down = _normalize(lips - eyes)  # the face's y axis (image y points down)
+    across = np.stack([down[..., 1], -down[..., 0]], -1)  # its x axis
+    mean = points.mean(axis=-2, keepdims=True)
+    along_x = np.einsum("...pi,...i->...p", points - mean, across)
+    along_y = np.einsum("...pi,...i->...p", points - mean, down)
+    brow_top = along_y[..., list(EYEBROW_POINTS)].min(axis=-1, keepdims=True)
+    below = along_y >= brow_top  # (the forehead above the eyebrows is not in the 106-point layout)
+    x_min, x_max = (np.where(below, along_x, np.inf).min(-1), np.where(below, along_x, -np.inf).max(-1))
+    y_min, y_max = (np.where(below, along_y, np.inf).min(-1), np.where(below, along_y, -np.inf).max(-1))
+    side = np.maximum(x_max - x_min, y_max - y_min) * LIVEPORTRAIT_CROP_SCALE
+    center = (mean[..., 0, :] + across * (0.5 * (x_min + x_max))[..., None] + down * (0.5 * (y_min + y_max))[..., None]
+              - down * (LIVEPORTRAIT_CROP_RAISE * side)[..., None])
+    angle = np.arctan2(across[..., 1], across[..., 0])
+    return np.concatenate([center, side[..., None], angle[..., None]], -1)
+
+
 def crop_matrix(box: np.ndarray, size: int) -> np.ndarray:
     """The 2x3 affine map from source to crop coordinates for one box (cx, cy, side, angle) and a `size` x `size`
     crop, in EDGE coordinates: pixel i spans [i, i + 1] (its centre is at i + 0.5), as MediaPipe's normalised
