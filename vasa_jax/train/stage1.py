@@ -359,8 +359,9 @@ class Stage1Task:
     def _reconstruct(self, variables, source, driving, cross):
         """(reconstruction of driving, source re-enacted with cross's motion, predicted driving pose, the warped
         source's blend weight [B, H, W, 1] in the reconstruction (ones without the image skip path), the expression
-        readout of the driving frame [B, 4]), as numpy. The outputs are replicated so that every process of a
-        multi-host run can read them."""
+        readout of the driving frame [B, 4]), as numpy; None for the last three where the generator has no such
+        output (LivePortrait's). The outputs are replicated so that every process of a multi-host run can read
+        them."""
         mesh = jax.tree.leaves(variables)[0].sharding.mesh
         return jax.device_get(self._reconstruct_jit(mesh)(variables, source, driving, cross))
 
