@@ -261,6 +261,6 @@ def test_the_default_config_is_the_published_layout(tmp_path):
     from vasa_jax import checkpoints
 
     stage1 = checkpoints.load_stage1(str(tmp_path))
-    assert stage1.model.cfg == published and stage1.config is None
+    assert stage1.model.cfg == published and stage1.config is None and stage1.framing == "liveportrait"
     assert stage1.model.cfg.output_size == 512 and stage1.model.cfg.dynamics_dim == 63
     jax.tree.map(np.testing.assert_array_equal, stage1.variables, variables)

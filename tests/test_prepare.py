@@ -464,7 +464,7 @@ def test_liveportrait_fine_tunes_on_the_prepared_videos(prepared_media, tmp_path
     reference modules, random weights, saved as the published files): the run starts from the imported weights,
     its reconstruction loss falls on the prepared real videos, and a second run in the workdir resumes from the
     checkpoint instead of importing again. Its motion then trains a stage 2, and the two generate a video for
-    every shared photo (2 s of speech each)."""
+    every shared photo (2 s of speech each), exported as one model folder too."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("mimic_head")
     from configs.stage1 import get_config
@@ -513,6 +513,7 @@ def test_liveportrait_fine_tunes_on_the_prepared_videos(prepared_media, tmp_path
          f"--config.data.root={motion_dir}", "--config.train.num_steps=2", "--config.data.eval_split=train",
          "--config.train.checkpoint_every=2", "--config.train.eval_every=2", "--config.data.eval_windows=8")
     pipeline = TalkingHeadPipeline.from_workdirs(workdir, stage2)
+    assert pipeline.crop == "face"  # fine-tuned on our prepared data: our framing
     photos = sorted(os.listdir(os.path.join(MEDIA, "images")))
     speeches = sorted(os.listdir(os.path.join(MEDIA, "audio")))
     for index, photo in enumerate(photos):
@@ -520,6 +521,13 @@ def test_liveportrait_fine_tunes_on_the_prepared_videos(prepared_media, tmp_path
         frames = pipeline.generate(_media("images", photo), speech, num_steps=2).frames
         assert frames.shape == (audio.num_video_frames(len(speech)), cfg.output_size, cfg.output_size, 3), photo
         assert frames.std() > 0, photo
+    # Exported with it: the model folder renders what the workdirs render.
+    model = str(tmp_path / "model")
+    _run("vasa_jax.export", f"--stage1={workdir}", f"--stage2={stage2}", f"--out={model}")
+    assert "LivePortrait's renderer" in open(os.path.join(model, "README.md")).read()
+    exported = TalkingHeadPipeline.from_model(model).generate(_media("images", photos[0]), speech, num_steps=2)
+    np.testing.assert_array_equal(
+        exported.frames, pipeline.generate(_media("images", photos[0]), speech, num_steps=2).frames)
     # Pasted back into the photo (LivePortrait's stitching on), at the photo's size with even sides.
     pasted = TalkingHeadPipeline.from_workdirs(workdir, stage2, paste_back=True)
     frames = pasted.generate(_media("images", photos[0]), speech, num_steps=2).frames

@@ -98,6 +98,9 @@ class Stage1Model:
     params: Any
     config: Any  # the training config (ml_collections.ConfigDict) it was trained with; None for imported weights
     constants: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # LivePortrait's BatchNorm statistics
+    # How the faces it was trained on were cropped (`generate.portrait_crop`'s crop): our preparation's framing, or
+    # LivePortrait's for its published weights.
+    framing: str = "face"
 
     @property
     def variables(self) -> dict:
@@ -112,6 +115,16 @@ def _stage1_abstract(model: FaceLatentModel):
 STAGE1_TASKS = ("stage1", "liveportrait")  # training tasks whose generator is a stage-1 renderer
 
 
+def _liveportrait_abstract(config):
+    """(LivePortrait module, the shapes of its variables) for a "liveportrait" training config."""
+    from vasa_jax.models import liveportrait
+
+    cfg = liveportrait.LivePortraitConfig.from_config(config.model)
+    model = liveportrait.LivePortrait(cfg)
+    image = jax.ShapeDtypeStruct((1, cfg.image_size, cfg.image_size, 3), jnp.float32)
+    return model, jax.eval_shape(model.init, jax.random.key(0), image, image)
+
+
 def load_stage1(path: str) -> Stage1Model:
     """The stage-1 renderer of the latest checkpoint of a stage-1 (or LivePortrait fine-tuning) workdir, or
     LivePortrait's published checkpoint files in a folder (the published sizes)."""
@@ -120,15 +133,12 @@ def load_stage1(path: str) -> Stage1Model:
     if liveportrait.is_checkpoint_folder(path) and not os.path.isdir(checkpoint_directory(path)):
         variables = liveportrait.load_liveportrait(path)
         return Stage1Model(liveportrait.LivePortrait(liveportrait.LivePortraitConfig()), variables["params"], None,
-                           {"batch_stats": variables["batch_stats"]})
+                           {"batch_stats": variables["batch_stats"]}, framing="liveportrait")
     config = read_config(path)
     if _task_of(config) not in STAGE1_TASKS:
         raise ValueError(f"{path} is a {_task_of(config)} workdir, not a stage-1 one")
     if _task_of(config) == "liveportrait":
-        cfg = liveportrait.LivePortraitConfig.from_config(config.model)
-        model = liveportrait.LivePortrait(cfg)
-        image = jax.ShapeDtypeStruct((1, cfg.image_size, cfg.image_size, 3), jnp.float32)
-        abstract = jax.eval_shape(model.init, jax.random.key(0), image, image)
+        model, abstract = _liveportrait_abstract(config)
         variables = restore_variables(path, "generator", abstract)
         return Stage1Model(model, variables["params"], config, {"batch_stats": variables["batch_stats"]})
     model = FaceLatentModel(Stage1ModelConfig.from_config(config.model))
@@ -256,15 +266,22 @@ def load_model(directory: str) -> ExportedModel:
                              f"{MODEL_FILE}'s)")
     config1 = ml_collections.ConfigDict(info["stage1_config"])
     config2 = ml_collections.ConfigDict(info["stage2_config"])
-    model1 = FaceLatentModel(Stage1ModelConfig.from_config(config1.model))
     model_cfg2 = stage2_model_config(config2, info["stage2_dims"])
     read = lambda stage: load_file(os.path.join(directory, PARAM_FILES[stage]))
-    params1 = params_from_flat(read("stage1"), _stage1_abstract(model1), f"{directory}/{PARAM_FILES['stage1']}")
+    what = f"{directory}/{PARAM_FILES['stage1']}"
+    if _task_of(config1) == "liveportrait":  # its file holds every variable collection ("params/...", ...)
+        model1, abstract = _liveportrait_abstract(config1)
+        variables = params_from_flat(read("stage1"), abstract, what)
+        stage1 = Stage1Model(model1, variables["params"], config1, {"batch_stats": variables["batch_stats"]},
+                             framing=info.get("stage1_framing", "face"))
+    else:
+        model1 = FaceLatentModel(Stage1ModelConfig.from_config(config1.model))
+        stage1 = Stage1Model(model1, params_from_flat(read("stage1"), _stage1_abstract(model1), what), config1)
     params2 = params_from_flat(read("stage2"), _stage2_abstract(model_cfg2), f"{directory}/{PARAM_FILES['stage2']}")
     stats = {k: np.asarray(v, np.float32) for k, v in info["stats"].items()}
     encoder_dir = info.get("audio_encoder_dir")
     return ExportedModel(
-        stage1=Stage1Model(model1, params1, config1),
+        stage1=stage1,
         stage2=Stage2Model(model_cfg2, params2, config2, stats),
         audio_encoder=info["audio_encoder"],
         audio_encoder_dir=os.path.join(directory, encoder_dir) if encoder_dir else None,

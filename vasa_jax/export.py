@@ -42,13 +42,14 @@ def model_card(info: dict) -> str:
     s1, s2 = info["stage1_config"], info["stage2_config"]
     encoder = info["audio_encoder"]
     classes = ", ".join(info["emotion_classes"]) or "none named"
+    stage1_kind = "LivePortrait's renderer" if s1.get("task") == "liveportrait" else "face latent model"
     return f"""# vasa_jax talking-head model
 
 Exported by `python -m vasa_jax.export` (model format {info['format']}). Generate with
 `python -m vasa_jax.generate --model=THIS_FOLDER --image=FACE.jpg --audio=SPEECH.wav --out=OUT.mp4` or
 `TalkingHeadPipeline.from_model("THIS_FOLDER")`.
 
-## Stage 1: face latent model
+## Stage 1: {stage1_kind}
 - {trained['stage1_step']} training steps in `{trained['stage1_workdir']}`; image size {s1['model']['image_size']},
   data: {json.dumps(s1.get('data', {}).get('root') or 'synthetic heads')}.
 - Last evaluation {trained['stage1_eval']}.
@@ -79,9 +80,9 @@ def export(stage1_dir: str, stage2_dir: str, out: str, wav2vec2_dir: str | None 
         manifest = motion_data.read_json(os.path.join(stage2.config.data.root, motion_data.MANIFEST))
     except (FileNotFoundError, ValueError) as err:
         raise ExportError(str(err)) from None
-    if stage1.constants or stage1.config is None:
-        raise ExportError(f"{stage1_dir}: exporting a LivePortrait stage 1 is not supported yet; generate with "
-                          "--stage1 (its workdir or checkpoint folder) and --stage2")
+    if stage1.config is None:
+        raise ExportError(f"{stage1_dir} holds LivePortrait's published files, not a training workdir: generate with "
+                          "--stage1 on it directly, or export a workdir fine-tuned from it (configs/stage1.py:liveportrait)")
     if manifest.get("motion_source") != "stage1":
         raise ExportError(f"{stage2_dir} was trained on {manifest.get('motion_source')!r} motion, not on a stage 1's")
     motion_dim = 7 + stage1.model.cfg.dynamics_dim
@@ -101,7 +102,9 @@ def export(stage1_dir: str, stage2_dir: str, out: str, wav2vec2_dir: str | None 
     staging = tempfile.mkdtemp(prefix=os.path.basename(out) + ".export-", dir=parent)
     try:
         files = {}
-        for stage, params in (("stage1", stage1.params), ("stage2", stage2.params)):
+        # A LivePortrait stage 1 has BatchNorm statistics beside its parameters: its file holds every collection.
+        stage1_arrays = stage1.variables if stage1.constants else stage1.params
+        for stage, params in (("stage1", stage1_arrays), ("stage2", stage2.params)):
             name = checkpoints.PARAM_FILES[stage]
             save_file(checkpoints.flat_params(params), os.path.join(staging, name))
             files[name] = checkpoints.file_sha256(os.path.join(staging, name))
@@ -121,6 +124,7 @@ def export(stage1_dir: str, stage2_dir: str, out: str, wav2vec2_dir: str | None 
         info = {
             "format": checkpoints.MODEL_FORMAT,
             "stage1_config": stage1.config.to_dict(),
+            "stage1_framing": stage1.framing,
             "stage2_config": stage2.config.to_dict(),
             "stage2_dims": {k: int(getattr(stage2.model_cfg, k)) for k in checkpoints.STAGE2_DIMS},
             "stats": {k: np.asarray(v).tolist() for k, v in stage2.stats.items()},

@@ -169,8 +169,8 @@ class TalkingHeadPipeline:
                  output_size: Optional[int] = None, crop: Optional[str] = None, paste_back: bool = False,
                  emotion_classes: Sequence[str] = ()):
         """`stage1`: a `checkpoints.Stage1Model` (our face latent model or LivePortrait's renderer). `crop`: see
-        `portrait_crop`; by default the framing the renderer was trained on ("liveportrait" for imported
-        LivePortrait weights, which have no training config of ours; "face" otherwise)."""
+        `portrait_crop`; by default the framing the renderer was trained on (`stage1.framing`: "liveportrait"
+        for LivePortrait's published weights, "face" for what trained on our prepared data)."""
         import jax
 
         self.stage1_cfg = stage1.model.cfg
@@ -183,7 +183,7 @@ class TalkingHeadPipeline:
             raise GenerationError(f"the output size must be a positive even number (H.264), got {output_size}")
         self.output_size = output_size
         if crop is None:
-            crop = "liveportrait" if stage1.config is None else "face"
+            crop = stage1.framing
         if crop not in CROPS:
             raise GenerationError(f"crop {crop!r}: expected one of {CROPS}")
         self.crop, self.paste_back = crop, bool(paste_back)
