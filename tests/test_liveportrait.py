@@ -24,7 +24,7 @@ from mimic_head.modules.warping_network import WarpingNetwork as TorchW  # noqa:
 from mimic_head.utils.camera import get_rotation_matrix, headpose_pred_to_degree  # noqa: E402
 
 from vasa_jax.models import liveportrait as lp  # noqa: E402
-from vasa_jax.models.torch_import import load_torch_state_dict  # noqa: E402
+from vasa_jax.models.torch_import import import_mirrored_state_dict, load_torch_state_dict  # noqa: E402
 
 # Narrow networks of the published structure (every block type, spectral norm, pixel shuffle, occlusion); SPADE's
 # hidden width is fixed at 128 in the reference.
@@ -228,8 +228,9 @@ def test_import_names_every_missing_unexpected_and_misshaped_tensor(imported, tm
     image = jax.ShapeDtypeStruct((1, 256, 256, 3), jnp.float32)
     expected = jax.eval_shape(lp.LivePortrait(SMALL).init, jax.random.PRNGKey(0), image, image)
     with pytest.raises(ValueError) as error:
-        lp.import_state_dict("spade_generator", state, {"params": expected["params"]["spade_generator"]})
+        import_mirrored_state_dict(state, {"params": expected["params"]["spade_generator"]}, "spade_generator")
     message = str(error.value)
+    assert message.startswith("cannot import spade_generator:")
     assert "missing (1): params/fc/bias" in message
     assert "unexpected tensors (1): fc.weight_extra" in message
     assert "G_middle_0.conv_0.bias: (7,)" in message

@@ -14,8 +14,8 @@ networks, written here from the architecture that the published checkpoint layou
   retargeting.
 
 The parameter tree mirrors the checkpoints' names (a torch `down_blocks.0` is Flax's `down_blocks_0`, the name
-Flax gives the i-th member of a submodule list), so that the importer is one mapping rule plus a check that
-every tensor lands somewhere and every parameter is filled. Arrays are channels-last; images are RGB in [0, 1].
+Flax gives the i-th member of a submodule list), so that the importer is `torch_import.import_mirrored_state_dict`:
+one mapping rule plus a check that every tensor lands somewhere and every parameter is filled. Arrays are channels-last; images are RGB in [0, 1].
 
 Keypoint conventions are LivePortrait's, not our stage 1's: a pose vector is (pitch, yaw, roll in degrees, tx, ty,
 tz, scale) and the driving keypoints are x = scale * (x_c @ R + exp) + (tx, ty, 0), with R the transpose of
@@ -35,7 +35,7 @@ import numpy as np
 
 from vasa_jax import ops
 from vasa_jax.models.layers import config_from_mapping, conv3d_same
-from vasa_jax.models.torch_import import load_torch_state_dict
+from vasa_jax.models.torch_import import import_mirrored_state_dict, load_torch_state_dict
 
 NUM_POSE_BINS = 66
 POSE_DIM = 7  # pitch, yaw, roll (degrees), tx, ty, tz, scale
@@ -650,97 +650,6 @@ CHECKPOINT_FILES = {
     "stitching_retargeting_module": "stitching_retargeting_module",
 }
 
-def _flax_path(torch_module: str) -> tuple[str, ...]:
-    """`down_blocks.0.conv` -> ("down_blocks_0", "conv"): a purely numeric segment joins the one before it."""
-    parts: list[str] = []
-    for part in torch_module.split("."):
-        if part.isdigit() and parts:
-            parts[-1] = f"{parts[-1]}_{part}"
-        else:
-            parts.append(part)
-    return tuple(parts)
-
-
-def _fold_spectral_norm(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """torch's spectral_norm keeps weight_orig, u and v; in eval mode the weight is weight_orig / (u . W v)."""
-    out = {}
-    for key, value in state_dict.items():
-        if key.endswith(".weight_u") or key.endswith(".weight_v"):
-            continue
-        if key.endswith(".weight_orig"):
-            stem = key[: -len(".weight_orig")]
-            u, v = state_dict[stem + ".weight_u"], state_dict[stem + ".weight_v"]
-            matrix = value.reshape(value.shape[0], -1).astype(np.float64)
-            sigma = float(u.astype(np.float64) @ (matrix @ v.astype(np.float64)))
-            out[stem + ".weight"] = (value / sigma).astype(value.dtype)
-        else:
-            out[key] = value
-    return out
-
-
-def _strip_ddp(key: str) -> str:
-    return ".".join(part for part in key.split(".") if part != "module")
-
-
-def import_state_dict(network: str, state_dict: Mapping[str, np.ndarray], expected: Mapping[str, Any]) -> dict:
-    """One network's torch state dict -> {"params": ..., "batch_stats": ...} for the subtree `expected` (shapes from
-    `jax.eval_shape` of the model's init, both collections, under the network's name). Raises one ValueError
-    naming every missing, unexpected and mis-shaped tensor."""
-    state_dict = _fold_spectral_norm({_strip_ddp(k): np.asarray(v) for k, v in state_dict.items()})
-    expected_flat = {}
-    for collection in ("params", "batch_stats"):
-        for path, leaf in _flatten(expected.get(collection, {})):
-            expected_flat[(collection,) + path] = tuple(leaf.shape)
-    filled: dict[tuple, np.ndarray] = {}
-    unexpected, mismatched = [], []
-    for key, value in state_dict.items():
-        module, _, leaf = key.rpartition(".")
-        if leaf == "num_batches_tracked":
-            continue
-        path = _flax_path(module)
-        candidates = {
-            "weight": [("params",) + path + ("kernel",), ("params",) + path + ("scale",)],
-            "bias": [("params",) + path + ("bias",)],
-            "running_mean": [("batch_stats",) + path + ("mean",)],
-            "running_var": [("batch_stats",) + path + ("var",)],
-        }.get(leaf, [("params",) + path + (leaf,)])
-        target = next((c for c in candidates if c in expected_flat), None)
-        if target is None:
-            unexpected.append(key)
-            continue
-        if target[-1] == "kernel":  # torch [out, in, *window] -> Flax [*window, in, out]; Linear [out, in]
-            value = np.transpose(value, tuple(range(2, value.ndim)) + (1, 0))
-        if value.shape != expected_flat[target]:
-            mismatched.append(f"{key}: {value.shape} -> {'/'.join(target)} expects {expected_flat[target]}")
-            filled[target] = None
-            continue
-        filled[target] = np.ascontiguousarray(value, dtype=np.float32)
-    missing = ["/".join(p) for p in expected_flat if p not in filled]  # (a mis-shaped tensor is named once)
-    if missing or unexpected or mismatched:
-        lines = [f"cannot import LivePortrait's {network}:"]
-        for title, items in (("missing", missing), ("unexpected tensors", unexpected),
-                             ("shape mismatches", mismatched)):
-            if items:
-                lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:12])
-                             + (f", ... ({len(items) - 12} more)" if len(items) > 12 else ""))
-        raise ValueError("\n".join(lines))
-    variables: dict = {}
-    for path, value in filled.items():
-        node = variables
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = value
-    return variables
-
-
-def _flatten(tree, prefix=()):
-    if isinstance(tree, Mapping):
-        for key, value in tree.items():
-            yield from _flatten(value, prefix + (key,))
-    else:
-        yield prefix, tree
-
-
 def checkpoint_file(folder: str, network: str) -> str:
     """The published file of a network in `folder` (.pth, else .safetensors); a missing one is one clear line."""
     stem = os.path.join(os.fspath(folder), CHECKPOINT_FILES[network])
@@ -769,8 +678,8 @@ def load_liveportrait(folder: str, cfg: LivePortraitConfig = LivePortraitConfig(
     variables: dict = {"params": {}, "batch_stats": {}}
     for network, path in files.items():
         subtree = {c: expected[c][network] for c in ("params", "batch_stats") if network in expected.get(c, {})}
-        imported = import_state_dict(network, load_torch_state_dict(path, what=f"LivePortrait's {network}"),
-                                     subtree)
+        imported = import_mirrored_state_dict(
+            load_torch_state_dict(path, what=f"LivePortrait's {network}"), subtree, f"LivePortrait's {network}")
         for collection, tree in imported.items():
             variables[collection][network] = tree
     return variables

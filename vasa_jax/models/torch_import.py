@@ -49,6 +49,7 @@ __all__ = [
     "convert_state_dict",
     "conv_kernel_from_torch",
     "linear_kernel_from_torch",
+    "import_mirrored_state_dict",
 ]
 
 
@@ -559,3 +560,97 @@ def convert_state_dict(
         value = spec.convert(np.asarray(state_dict[key]).astype(dtype))
         node[spec.flax_path[-1]] = np.ascontiguousarray(value)
     return params
+
+
+def _flax_path(torch_module: str) -> tuple[str, ...]:
+    """`down_blocks.0.conv` -> ("down_blocks_0", "conv"): a purely numeric segment joins the one before it."""
+    parts: list[str] = []
+    for part in torch_module.split("."):
+        if part.isdigit() and parts:
+            parts[-1] = f"{parts[-1]}_{part}"
+        else:
+            parts.append(part)
+    return tuple(parts)
+
+
+def _fold_spectral_norm(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """torch's spectral_norm keeps weight_orig, u and v; in eval mode the weight is weight_orig / (u . W v)."""
+    out = {}
+    for key, value in state_dict.items():
+        if key.endswith(".weight_u") or key.endswith(".weight_v"):
+            continue
+        if key.endswith(".weight_orig"):
+            stem = key[: -len(".weight_orig")]
+            u, v = state_dict[stem + ".weight_u"], state_dict[stem + ".weight_v"]
+            matrix = value.reshape(value.shape[0], -1).astype(np.float64)
+            sigma = float(u.astype(np.float64) @ (matrix @ v.astype(np.float64)))
+            out[stem + ".weight"] = (value / sigma).astype(value.dtype)
+        else:
+            out[key] = value
+    return out
+
+
+def _strip_ddp(key: str) -> str:
+    return ".".join(part for part in key.split(".") if part != "module")
+
+
+def import_mirrored_state_dict(state_dict: Mapping[str, np.ndarray], expected: Mapping[str, Any],
+                               model_name: str) -> dict:
+    """A torch state dict -> {"params": ..., "batch_stats": ...} for a Flax module whose tree mirrors the torch
+    module names (torch `blocks.0.conv` is Flax `blocks_0/conv`, the name Flax gives the i-th member of a list;
+    weight -> kernel (transposed) or scale, running_mean / running_var -> batch_stats mean / var; spectral norm
+    folded; `module.` segments dropped). `expected`: the variables' shapes (`jax.eval_shape` of the init, both
+    collections). Raises one ValueError naming every missing, unexpected and mis-shaped tensor."""
+    state_dict = _fold_spectral_norm({_strip_ddp(k): np.asarray(v) for k, v in state_dict.items()})
+    expected_flat = {}
+    for collection in ("params", "batch_stats"):
+        for path, leaf in _flatten(expected.get(collection, {})):
+            expected_flat[(collection,) + path] = tuple(leaf.shape)
+    filled: dict[tuple, np.ndarray] = {}
+    unexpected, mismatched = [], []
+    for key, value in state_dict.items():
+        module, _, leaf = key.rpartition(".")
+        if leaf == "num_batches_tracked":
+            continue
+        path = _flax_path(module)
+        candidates = {
+            "weight": [("params",) + path + ("kernel",), ("params",) + path + ("scale",)],
+            "bias": [("params",) + path + ("bias",)],
+            "running_mean": [("batch_stats",) + path + ("mean",)],
+            "running_var": [("batch_stats",) + path + ("var",)],
+        }.get(leaf, [("params",) + path + (leaf,)])
+        target = next((c for c in candidates if c in expected_flat), None)
+        if target is None:
+            unexpected.append(key)
+            continue
+        if target[-1] == "kernel":  # torch [out, in, *window] -> Flax [*window, in, out]; Linear [out, in]
+            value = np.transpose(value, tuple(range(2, value.ndim)) + (1, 0))
+        if value.shape != expected_flat[target]:
+            mismatched.append(f"{key}: {value.shape} -> {'/'.join(target)} expects {expected_flat[target]}")
+            filled[target] = None
+            continue
+        filled[target] = np.ascontiguousarray(value, dtype=np.float32)
+    missing = ["/".join(p) for p in expected_flat if p not in filled]  # (a mis-shaped tensor is named once)
+    if missing or unexpected or mismatched:
+        lines = [f"cannot import {model_name}:"]
+        for title, items in (("missing", missing), ("unexpected tensors", unexpected),
+                             ("shape mismatches", mismatched)):
+            if items:
+                lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:12])
+                             + (f", ... ({len(items) - 12} more)" if len(items) > 12 else ""))
+        raise ValueError("\n".join(lines))
+    variables: dict = {}
+    for path, value in filled.items():
+        node = variables
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return variables
+
+
+def _flatten(tree, prefix=()):
+    if isinstance(tree, Mapping):
+        for key, value in tree.items():
+            yield from _flatten(value, prefix + (key,))
+    else:
+        yield prefix, tree
