@@ -1,0 +1,144 @@
+"""SyncNet in Flax against a PyTorch network of the published syncnet_v2 layout (random weights, saved as a state
+dict, imported), and the LSE computation on embeddings with a known offset (issue 13)."""
+
+import jax
+import numpy as np
+import pytest
+
+from vasa_jax import video_metrics
+from vasa_jax.models import syncnet
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+
+def _conv_block(conv, norm_type, channels, pool=None):
+    layers = [conv, norm_type(channels), nn.ReLU()]
+    return layers + ([pool] if pool is not None else [])
+
+
+class TorchSyncNet(nn.Module):
+    """The published layout (module indices as in syncnet_v2.model's keys), written for this test."""
+
+    def __init__(self):
+        super().__init__()
+        b2, b3 = nn.BatchNorm2d, nn.BatchNorm3d
+        self.netcnnaud = nn.Sequential(
+            *_conv_block(nn.Conv2d(1, 64, 3, padding=1), b2, 64, nn.MaxPool2d(1, 1)),
+            *_conv_block(nn.Conv2d(64, 192, 3, padding=1), b2, 192, nn.MaxPool2d(3, (1, 2))),
+            *_conv_block(nn.Conv2d(192, 384, 3, padding=1), b2, 384),
+            *_conv_block(nn.Conv2d(384, 256, 3, padding=1), b2, 256),
+            *_conv_block(nn.Conv2d(256, 256, 3, padding=1), b2, 256, nn.MaxPool2d(3, 2)),
+            *_conv_block(nn.Conv2d(256, 512, (5, 4)), b2, 512),
+        )
+        self.netcnnlip = nn.Sequential(
+            *_conv_block(nn.Conv3d(3, 96, (5, 7, 7), (1, 2, 2)), b3, 96, nn.MaxPool3d((1, 3, 3), (1, 2, 2))),
+            *_conv_block(nn.Conv3d(96, 256, (1, 5, 5), (1, 2, 2), (0, 1, 1)), b3, 256,
+                         nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1))),
+            *_conv_block(nn.Conv3d(256, 256, (1, 3, 3), padding=(0, 1, 1)), b3, 256),
+            *_conv_block(nn.Conv3d(256, 256, (1, 3, 3), padding=(0, 1, 1)), b3, 256),
+            *_conv_block(nn.Conv3d(256, 256, (1, 3, 3), padding=(0, 1, 1)), b3, 256,
+                         nn.MaxPool3d((1, 3, 3), (1, 2, 2))),
+            *_conv_block(nn.Conv3d(256, 512, (1, 6, 6)), b3, 512),
+        )
+        self.netfcaud = nn.Sequential(nn.Linear(512, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Linear(512, 1024))
+        self.netfclip = nn.Sequential(nn.Linear(512, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Linear(512, 1024))
+
+    def forward_aud(self, x):
+        return self.netfcaud(self.netcnnaud(x).flatten(1))
+
+    def forward_lip(self, x):
+        return self.netfclip(self.netcnnlip(x).flatten(1))
+
+
+def relative_error(ours, reference):
+    ours, reference = np.asarray(ours, np.float64), np.asarray(reference, np.float64)
+    return float(np.linalg.norm(ours - reference) / np.linalg.norm(reference))
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+    torch.manual_seed(0)
+    network = TorchSyncNet()
+    with torch.no_grad():  # BatchNorm statistics and affine terms random, so a swapped or unread one shows
+        for name, tensor in network.state_dict().items():
+            if name.endswith("running_var"):
+                tensor.copy_(0.5 + torch.rand(tensor.shape))
+            elif name.endswith(("running_mean", "bias")) or (name.endswith("weight") and tensor.ndim == 1):
+                tensor.copy_(0.1 * torch.randn(tensor.shape) + (1.0 if name.endswith("weight") else 0.0))
+    network.eval()
+    path = str(tmp_path_factory.mktemp("syncnet") / "syncnet_v2.model")
+    torch.save(network.state_dict(), path)
+    return network, syncnet.load_syncnet(path)
+
+
+def test_both_towers_match_the_published_layout(imported):
+    network, variables = imported
+    rng = np.random.default_rng(0)
+    mfcc = rng.normal(size=(3, syncnet.NUM_MFCC, syncnet.MFCC_STEPS)).astype(np.float32)
+    frames = rng.uniform(0, 255, size=(2, syncnet.NUM_FRAMES, syncnet.CROP_SIZE, syncnet.CROP_SIZE, 3))
+    frames = frames.astype(np.float32)
+    with torch.no_grad():
+        reference_audio = network.forward_aud(torch.from_numpy(mfcc)[:, None]).numpy()
+        reference_lips = network.forward_lip(torch.from_numpy(frames).permute(0, 4, 1, 2, 3).contiguous()).numpy()
+    model = syncnet.SyncNet()
+    audio = jax.jit(lambda v, x: model.apply(v, x, method="embed_audio"))(variables, mfcc)
+    lips = jax.jit(lambda v, x: model.apply(v, x, method="embed_lips"))(variables, frames)
+    assert audio.shape == (3, syncnet.EMBEDDING_DIM) and lips.shape == (2, syncnet.EMBEDDING_DIM)
+    assert relative_error(audio, reference_audio) < 1e-4
+    assert relative_error(lips, reference_lips) < 1e-4
+
+
+def test_a_missing_or_foreign_weights_file_is_one_clear_error(imported, tmp_path):
+    with pytest.raises(FileNotFoundError, match="syncnet_v2.model"):
+        syncnet.load_syncnet(str(tmp_path / "absent.model"))
+    network, _ = imported
+    state = {k: v for k, v in network.state_dict().items() if not k.startswith("netfclip")}
+    torch.save(state, tmp_path / "partial.model")
+    with pytest.raises(ValueError, match=r"cannot import SyncNet.*\n  missing \(8\): params/netfclip_0"):
+        syncnet.load_syncnet(str(tmp_path / "partial.model"))
+
+
+def _reference_distances(video, audio, max_offset):
+    """The reference evaluation's loop, written out: audio padded with zero rows, one window of 2K + 1 per frame."""
+    padded = np.concatenate([np.zeros((max_offset, audio.shape[1])), audio, np.zeros((max_offset, audio.shape[1]))])
+    rows = []
+    for i in range(len(video)):
+        window = padded[i : i + 2 * max_offset + 1]
+        rows.append([np.sqrt(np.sum((video[i] - w + 1e-6) ** 2)) for w in window])
+    return np.array(rows)
+
+
+@pytest.mark.parametrize("shift", [-4, 0, 3])
+def test_lse_recovers_a_known_offset(shift):
+    """Audio window i + shift carries the embedding of video window i (plus noise): the distances equal the
+    reference loop's, the offset found is -shift, LSE-D is far below the unmatched distances and LSE-C clearly
+    positive; with the audio shuffled, the confidence collapses."""
+    rng = np.random.default_rng(shift + 10)
+    length, dim, k = 60, 32, video_metrics.MAX_OFFSET
+    base = rng.normal(size=(length + 2 * k, dim))
+    video = base[k : k + length]
+    audio = base[k - shift : k - shift + length] + 0.05 * rng.normal(size=(length, dim))
+    distances = video_metrics.sync_distances(video, audio)
+    np.testing.assert_allclose(distances, _reference_distances(video, audio, k), rtol=1e-12)
+    scores = video_metrics.lse(distances)
+    assert scores["offset"] == -shift
+    # Matched windows sit the noise apart (0.05 sqrt(32) = 0.28), unmatched ones about sqrt(2 * 32) = 8; the few
+    # frames whose partner falls past the clip's ends raise the minimum's mean a little.
+    assert scores["lse_d"] < 0.1 * np.median(distances.mean(axis=0))
+    assert scores["lse_c"] > 5.0
+    shuffled = video_metrics.lse(video_metrics.sync_distances(video, audio[rng.permutation(length)]))
+    assert shuffled["lse_c"] < 0.2 * scores["lse_c"]
+    with pytest.raises(ValueError, match="one shape"):
+        video_metrics.sync_distances(video, audio[:-1])
+
+
+def test_a_safetensors_copy_imports_the_same(imported, tmp_path):
+    """The importer reads a safetensors copy of the same keys too, to the same arrays."""
+    from vasa_jax.models.torch_import import save_safetensors
+
+    network, variables = imported
+    path = tmp_path / "syncnet_v2.safetensors"
+    save_safetensors(path, {k: v.numpy() for k, v in network.state_dict().items()})
+    again = syncnet.load_syncnet(str(path))
+    jax.tree.map(np.testing.assert_array_equal, again, variables)
