@@ -142,3 +142,24 @@ def test_a_safetensors_copy_imports_the_same(imported, tmp_path):
     save_safetensors(path, {k: v.numpy() for k, v in network.state_dict().items()})
     again = syncnet.load_syncnet(str(path))
     jax.tree.map(np.testing.assert_array_equal, again, variables)
+
+
+def test_mfcc_matches_the_reference_implementation():
+    """SyncNet's audio features: our MFCCs against python_speech_features (what the reference evaluation calls) on
+    the 16-bit PCM of a modulated tone in noise with a stretch of digital silence; and the 20-step windows cut
+    per frame."""
+    reference = pytest.importorskip("python_speech_features")
+    rng = np.random.default_rng(0)
+    t = np.arange(16000 * 2) / 16000
+    speech = (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t)) + 0.01 * rng.normal(size=t.shape))
+    speech[8000:9000] = 0.0  # silence: the reference's eps substitution
+    pcm = np.round(speech * 32767).astype(np.int16)
+    ours = video_metrics.syncnet_mfcc(pcm.astype(np.float64) / 32768.0)
+    theirs = reference.mfcc(pcm, 16000)
+    assert ours.shape == theirs.shape == (199, 13)  # 1 + ceil((32000 - 400) / 160) frames
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6)
+    windows = video_metrics.audio_windows(ours, 45)
+    assert windows.shape == (45, 13, 20)
+    np.testing.assert_allclose(windows[7], ours[28:48].T, rtol=1e-6)
+    with pytest.raises(ValueError, match="46 windows need 200 MFCC steps, the audio gives 199"):
+        video_metrics.audio_windows(ours, 46)

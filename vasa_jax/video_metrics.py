@@ -13,6 +13,64 @@ from __future__ import annotations
 import numpy as np
 
 MAX_OFFSET = 15  # frames either side, SyncNet's search range
+MFCC_RATE = 100  # SyncNet's audio features: 13 MFCCs every 10 ms, 4 per video frame
+MFCC_PER_FRAME = 4
+NUM_MFCC = 13
+
+
+def _hz_to_mel(hz):
+    return 2595.0 * np.log10(1.0 + np.asarray(hz, np.float64) / 700.0)
+
+
+def _mel_to_hz(mel):
+    return 700.0 * (10.0 ** (np.asarray(mel, np.float64) / 2595.0) - 1.0)
+
+
+def _mel_filterbank(num_filters: int, fft_size: int, sample_rate: int) -> np.ndarray:
+    """[num_filters, fft_size // 2 + 1] triangles between FFT bins at mel-spaced edges from 0 Hz to Nyquist, the
+    edges floored to whole bins of (fft_size + 1) / sample_rate (the convention SyncNet's MFCCs were made with)."""
+    mels = np.linspace(_hz_to_mel(0.0), _hz_to_mel(sample_rate / 2), num_filters + 2)
+    edges = np.floor((fft_size + 1) * _mel_to_hz(mels) / sample_rate)
+    bins = np.arange(fft_size // 2 + 1)[None, :]
+    low, centre, high = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    rising = np.where((bins >= low) & (bins < centre), (bins - low) / np.maximum(centre - low, 1e-12), 0.0)
+    falling = np.where((bins >= centre) & (bins < high), (high - bins) / np.maximum(high - centre, 1e-12), 0.0)
+    return rising + falling
+
+
+def syncnet_mfcc(waveform: np.ndarray, sample_rate: int = 16000) -> np.ndarray:
+    """float waveform in [-1, 1] -> [N, 13] MFCCs at 100 Hz, as SyncNet's reference computes them from 16-bit PCM
+    (the samples are scaled by 32768 first, so the log energies match): pre-emphasis 0.97, 25 ms rectangular
+    frames every 10 ms (the last one zero-padded), 512-point power spectrum / 512, 26 mel filters, log, DCT-II
+    (orthonormal) to 13 coefficients, sine lifter 22, and the first coefficient replaced by the frame's log
+    energy."""
+    from scipy.fft import dct
+
+    signal = np.asarray(waveform, np.float64) * 32768.0
+    signal = np.append(signal[:1], signal[1:] - 0.97 * signal[:-1])
+    frame_len, step, fft_size = int(0.025 * sample_rate + 0.5), int(0.01 * sample_rate + 0.5), 512
+    count = 1 if len(signal) <= frame_len else 1 + int(np.ceil((len(signal) - frame_len) / step))
+    signal = np.pad(signal, (0, (count - 1) * step + frame_len - len(signal)))
+    frames = signal[np.arange(count)[:, None] * step + np.arange(frame_len)[None, :]]
+    power = np.abs(np.fft.rfft(frames, fft_size)) ** 2 / fft_size
+    tiny = np.finfo(np.float64).eps
+    energy = np.where(power.sum(axis=1) == 0, tiny, power.sum(axis=1))
+    filtered = power @ _mel_filterbank(26, fft_size, sample_rate).T
+    filtered = np.where(filtered == 0, tiny, filtered)
+    cepstra = dct(np.log(filtered), type=2, axis=1, norm="ortho")[:, :NUM_MFCC]
+    cepstra *= 1.0 + 11.0 * np.sin(np.pi * np.arange(NUM_MFCC) / 22.0)
+    cepstra[:, 0] = np.log(energy)
+    return cepstra
+
+
+def audio_windows(mfcc: np.ndarray, num_windows: int) -> np.ndarray:
+    """[N, 13] MFCCs -> [num_windows, 13, 20]: window i starts at video frame i (MFCC step 4 i), 0.2 s long."""
+    steps = MFCC_PER_FRAME * 5
+    needed = MFCC_PER_FRAME * (num_windows - 1) + steps
+    if len(mfcc) < needed:
+        raise ValueError(f"{num_windows} windows need {needed} MFCC steps, the audio gives {len(mfcc)}")
+    index = MFCC_PER_FRAME * np.arange(num_windows)[:, None] + np.arange(steps)[None, :]
+    return np.asarray(mfcc, np.float32)[index].transpose(0, 2, 1)
 
 
 def sync_distances(video_embeddings: np.ndarray, audio_embeddings: np.ndarray,
