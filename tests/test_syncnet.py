@@ -1,6 +1,8 @@
 """SyncNet in Flax against a PyTorch network of the published syncnet_v2 layout (random weights, saved as a state
 dict, imported), and the LSE computation on embeddings with a known offset (issue 13)."""
 
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -163,3 +165,41 @@ def test_mfcc_matches_the_reference_implementation():
     np.testing.assert_allclose(windows[7], ours[28:48].T, rtol=1e-6)
     with pytest.raises(ValueError, match="46 windows need 200 MFCC steps, the audio gives 199"):
         video_metrics.audio_windows(ours, 46)
+
+
+MEDIA = os.environ.get("VASA_MEDIA_DIR")
+
+
+@pytest.mark.skipif(not MEDIA, reason="VASA_MEDIA_DIR is not set (the shared real videos)")
+def test_the_syncnet_path_runs_on_a_real_video(imported):
+    """A real talking-head video with its own speech -> face crops -> both towers -> LSE. The crops hold the
+    face, centred, forehead to chin inside; the first windows' embeddings equal the PyTorch network's on the
+    same BGR windows and on the reference MFCCs of the clip's 16-bit PCM; the scores are finite."""
+    from vasa_jax import audio, video
+    from vasa_jax.data import face
+
+    network, variables = imported
+    path = os.path.join(MEDIA, "video", "real3dportrait_May_5s.mp4")
+    frames = np.stack(list(video.iter_video_frames(path)))[:40]
+    speech = audio.load_audio(path)[: 40 * 640]
+    crops = video_metrics.syncnet_face_crops(frames)
+    assert crops.shape == (40, syncnet.CROP_SIZE, syncnet.CROP_SIZE, 3) and crops.dtype == np.uint8
+    with face.FaceMesh(max_faces=1) as mesh:
+        landmarks = mesh(crops[0])[0]
+    height = landmarks[:, 1] / syncnet.CROP_SIZE  # (measured: forehead 0.02, mouth 0.47, chin 0.71)
+    assert abs(landmarks[face.NOSE_TIP, 0] / syncnet.CROP_SIZE - 0.5) < 0.1
+    assert 0 < height[face.FOREHEAD] < height[face.LIP_INNER_TOP] < height[face.CHIN] < 1
+
+    lips, sound = video_metrics.syncnet_embeddings(variables, crops, speech, batch_size=8)
+    assert lips.shape == sound.shape == (35, syncnet.EMBEDDING_DIM)
+    reference = pytest.importorskip("python_speech_features")
+    pcm = np.round(np.clip(speech, -1, 1 - 1 / 32768) * 32768).astype(np.int16)
+    mfcc = reference.mfcc(pcm, 16000).T.astype(np.float32)  # [13, N], as the reference stacks it
+    bgr = torch.from_numpy(crops[:7, ..., ::-1].astype(np.float32).copy())
+    with torch.no_grad():
+        windows = torch.stack([bgr[i : i + 5] for i in range(2)]).permute(0, 4, 1, 2, 3)
+        np.testing.assert_allclose(lips[:2], network.forward_lip(windows).numpy(), rtol=1e-3, atol=1e-3)
+        audio_windows = torch.from_numpy(np.stack([mfcc[:, 4 * i : 4 * i + 20] for i in range(2)]))[:, None]
+        np.testing.assert_allclose(sound[:2], network.forward_aud(audio_windows).numpy(), rtol=1e-3, atol=1e-3)
+    scores = video_metrics.lse(video_metrics.sync_distances(lips, sound))
+    assert np.isfinite(scores["lse_d"]) and np.isfinite(scores["lse_c"]) and abs(scores["offset"]) <= 15

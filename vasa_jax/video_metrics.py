@@ -40,13 +40,14 @@ def _mel_filterbank(num_filters: int, fft_size: int, sample_rate: int) -> np.nda
 
 def syncnet_mfcc(waveform: np.ndarray, sample_rate: int = 16000) -> np.ndarray:
     """float waveform in [-1, 1] -> [N, 13] MFCCs at 100 Hz, as SyncNet's reference computes them from 16-bit PCM
-    (the samples are scaled by 32768 first, so the log energies match): pre-emphasis 0.97, 25 ms rectangular
+    (the samples are quantised to it first: the log energies of quiet stretches depend on that rounding, and
+    the reference reads the speech as a 16-bit wav): pre-emphasis 0.97, 25 ms rectangular
     frames every 10 ms (the last one zero-padded), 512-point power spectrum / 512, 26 mel filters, log, DCT-II
     (orthonormal) to 13 coefficients, sine lifter 22, and the first coefficient replaced by the frame's log
     energy."""
     from scipy.fft import dct
 
-    signal = np.asarray(waveform, np.float64) * 32768.0
+    signal = np.clip(np.round(np.asarray(waveform, np.float64) * 32768.0), -32768, 32767)
     signal = np.append(signal[:1], signal[1:] - 0.97 * signal[:-1])
     frame_len, step, fft_size = int(0.025 * sample_rate + 0.5), int(0.01 * sample_rate + 0.5), 512
     count = 1 if len(signal) <= frame_len else 1 + int(np.ceil((len(signal) - frame_len) / step))
@@ -101,3 +102,51 @@ def lse(distances: np.ndarray) -> dict:
     best = int(np.argmin(mean))
     return {"lse_d": float(mean[best]), "lse_c": float(np.median(mean) - mean[best]),
             "offset": distances.shape[1] // 2 - best}
+
+
+def syncnet_face_crops(frames: np.ndarray) -> np.ndarray:
+    """Video frames uint8 [T, H, W, 3] (RGB, 25 fps) -> SyncNet's 224x224 face crops, uint8 RGB [T, 224, 224, 3]
+    (`face.syncnet_crop_boxes`; the largest face of each frame; frames without a face take the nearest found
+    one's box). ValueError when no frame has a face."""
+    from vasa_jax.data import face
+    from vasa_jax.models.syncnet import CROP_SIZE
+
+    found = {}
+    with face.FaceMesh(max_faces=1, tracking=True) as mesh:
+        for index, frame in enumerate(frames):
+            faces = mesh(frame)
+            if faces:
+                found[index] = faces[0]
+    if not found:
+        raise ValueError("no face found in any frame")
+    known = np.array(sorted(found))
+    nearest = known[np.abs(np.arange(len(frames))[:, None] - known[None, :]).argmin(axis=1)]
+    boxes = face.syncnet_crop_boxes(np.stack([found[int(i)] for i in nearest]))
+    return np.stack([face.apply_crop(frame, box, CROP_SIZE) for frame, box in zip(frames, boxes)])
+
+
+def syncnet_embeddings(variables, crops: np.ndarray, waveform: np.ndarray, batch_size: int = 16):
+    """SyncNet embeddings of a video's 5-frame windows and of the audio windows of the same frames, [W, 1024] each,
+    W = T - 5 as the reference evaluation counts (its last full window is left out). `crops`: uint8 RGB [T, 224,
+    224, 3] (`syncnet_face_crops`), fed to the network as BGR 0-255 as the reference reads them with OpenCV;
+    `waveform`: 16 kHz float speech of the same clip. Batches have one shape (the last one padded)."""
+    import jax
+
+    from vasa_jax.models.syncnet import NUM_FRAMES, SyncNet
+
+    num_windows = len(crops) - NUM_FRAMES
+    if num_windows < 1:
+        raise ValueError(f"SyncNet needs at least {NUM_FRAMES + 1} frames, got {len(crops)}")
+    audio = audio_windows(syncnet_mfcc(waveform), num_windows)
+    bgr = np.ascontiguousarray(crops[..., ::-1]).astype(np.float32)
+    model = SyncNet()
+    embed_lips = jax.jit(lambda v, x: model.apply(v, x, method="embed_lips"))
+    embed_audio = jax.jit(lambda v, x: model.apply(v, x, method="embed_audio"))
+    video_out, audio_out = [], []
+    for start in range(0, num_windows, batch_size):
+        index = np.minimum(np.arange(start, start + batch_size), num_windows - 1)  # padded with the last window
+        windows = bgr[index[:, None] + np.arange(NUM_FRAMES)[None, :]]
+        count = min(batch_size, num_windows - start)
+        video_out.append(np.asarray(embed_lips(variables, windows))[:count])
+        audio_out.append(np.asarray(embed_audio(variables, audio[index]))[:count])
+    return np.concatenate(video_out), np.concatenate(audio_out)

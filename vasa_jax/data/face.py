@@ -263,6 +263,27 @@ def liveportrait_crop_boxes(landmarks: np.ndarray) -> np.ndarray:
     return np.concatenate([center, side[..., None], angle[..., None]], -1)
 
 
+# SyncNet's reference evaluation crops the face detector's box (half its longer side: s) to a square of side 2.8 s
+# whose centre sits 0.4 s below the box's, unrotated, with the detections median-filtered over 13 frames. Here the
+# box is the bounding box of the face mesh (forehead to chin, as a face detector's box spans it).
+SYNCNET_CROP_SIDE, SYNCNET_CROP_LOWER, SYNCNET_SMOOTHING = 2.8, 0.4, 13
+
+
+def syncnet_crop_boxes(landmarks: np.ndarray) -> np.ndarray:
+    """SyncNet's square crops [T, 4] = (center x, center y, side, angle 0) for one face's landmarks [T, 478, 3]
+    over a video (the boxes are smoothed over time, so this takes the whole track)."""
+    from scipy.signal import medfilt
+
+    points = landmarks[..., :FACE_MESH_POINTS, :2]
+    (x_min, y_min), (x_max, y_max) = points.min(axis=-2).T, points.max(axis=-2).T
+    half = np.maximum(x_max - x_min, y_max - y_min) / 2
+    cx, cy = (x_min + x_max) / 2, (y_min + y_max) / 2
+    kernel = min(SYNCNET_SMOOTHING, len(half) // 2 * 2 - 1) if len(half) > 2 else 1
+    if kernel > 1:
+        half, cx, cy = (medfilt(v, kernel) for v in (half, cx, cy))
+    return np.stack([cx, cy + SYNCNET_CROP_LOWER * half, SYNCNET_CROP_SIDE * half, np.zeros_like(half)], -1)
+
+
 def crop_matrix(box: np.ndarray, size: int) -> np.ndarray:
     """The 2x3 affine map from source to crop coordinates for one box (cx, cy, side, angle) and a `size` x `size`
     crop, in EDGE coordinates: pixel i spans [i, i + 1] (its centre is at i + 0.5), as MediaPipe's normalised
