@@ -203,3 +203,61 @@ def test_the_syncnet_path_runs_on_a_real_video(imported):
         np.testing.assert_allclose(sound[:2], network.forward_aud(audio_windows).numpy(), rtol=1e-3, atol=1e-3)
     scores = video_metrics.lse(video_metrics.sync_distances(lips, sound))
     assert np.isfinite(scores["lse_d"]) and np.isfinite(scores["lse_c"]) and abs(scores["offset"]) <= 15
+
+
+@pytest.mark.skipif(not MEDIA, reason="VASA_MEDIA_DIR is not set (the shared real videos)")
+def test_pose_variation_of_a_real_video_against_the_same_held_still():
+    """delta-P from the frames: a real talking head moves (well above 0 degrees per frame); the same video with its
+    first frame held still does not."""
+    from vasa_jax import video
+
+    path = os.path.join(MEDIA, "video", "sadtalker_WDA_KatieHill_000.mp4")
+    frames = np.stack(list(video.iter_video_frames(path)))[:50]
+    moving = video_metrics.pose_variation(video_metrics.face_landmarks(frames))
+    still = video_metrics.pose_variation(video_metrics.face_landmarks(np.repeat(frames[:1], 50, axis=0)))
+    assert moving > 0.2 and still < 0.1 * moving, (moving, still)
+
+
+@pytest.mark.skipif(not MEDIA, reason="VASA_MEDIA_DIR is not set (the shared real videos)")
+def test_the_videos_command_reports_every_metric_or_why_not(imported, tmp_path):
+    """`python -m vasa_jax.evaluate videos` on short clips of two real videos (as "generated" and "real"), with the
+    test-built SyncNet: per-video and mean LSE, offset and delta-P in the JSON report and the table; CSIM skipped
+    with its reason (no ArcFace given); a SyncNet path that does not exist is a reason too, not a crash."""
+    import json
+    import subprocess
+    import sys
+
+    from vasa_jax import audio, video
+
+    network, _ = imported
+    weights = str(tmp_path / "syncnet_v2.model")
+    torch.save(network.state_dict(), weights)
+    for folder, name in (("generated", "real3dportrait_May_5s.mp4"), ("real", "sadtalker_WDA_KatieHill_000.mp4")):
+        source = os.path.join(MEDIA, "video", name)
+        frames = np.stack(list(video.iter_video_frames(source)))[:30]
+        os.makedirs(tmp_path / folder)
+        video.write_mp4(tmp_path / folder / "clip.mp4", frames, audio=audio.load_audio(source)[: 30 * 640])
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def run(syncnet_weights):
+        out = str(tmp_path / "report.json")
+        result = subprocess.run(
+            [sys.executable, "-m", "vasa_jax.evaluate", "videos", f"--generated={tmp_path / 'generated'}",
+             f"--real={tmp_path / 'real' / '*.mp4'}", f"--out={out}", f"--syncnet={syncnet_weights}"],
+            cwd=root, capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        return json.load(open(out)), result.stdout
+
+    report, stdout = run(weights)
+    for row in ("generated", "real"):
+        (metrics,) = report[row]["videos"].values()
+        assert metrics["frames"] == 30 and metrics["faces_found"] == 30
+        assert np.isfinite(metrics["lse_d"]) and abs(metrics["offset"]) <= 15 and metrics["pose_variation"] > 0
+        assert metrics["skipped"] == {"csim": "no ArcFace weights given (--arcface=an iresnet state dict)"}
+        assert report[row]["summary"]["lse_c"] == metrics["lse_c"]
+    assert "S_C" in stdout and "generated" in stdout and "n/a" in stdout
+
+    report, _ = run(str(tmp_path / "absent.model"))
+    (metrics,) = report["generated"]["videos"].values()
+    assert metrics["skipped"]["lse"].startswith("SyncNet weights: weights file not found")
+    assert "lse_d" not in metrics and np.isfinite(metrics["pose_variation"])

@@ -24,11 +24,19 @@ opening and the gaze out of the non-pose part of a motion vector (stage-1 z_dyn,
   python -m vasa_jax.evaluate --stage2 STAGE2_WORKDIR [--num_steps 50] [--max_clips 16]
   python -m vasa_jax.evaluate --stage2 STAGE2_WORKDIR --stage1 STAGE1_WORKDIR --judge JUDGE_DIR [--num_steps 10]
       (pixels: expression transfer and lip sync; a judge folder without a judge gets one trained)
+
+Any videos, ours or another system's (`evaluate_videos`, metrics in `vasa_jax.video_metrics`): per video and as
+means, LSE-C / LSE-D (VASA's S_C / S_D) and the AV offset with SyncNet's weights, CSIM against the first frame
+with ArcFace's, and the pose variation delta-P from the frames; a metric without its weights is skipped with a
+one-line reason in the report.
+  python -m vasa_jax.evaluate videos --generated=DIR|GLOB [--real=DIR|GLOB] --out=report.json \
+      [--syncnet=syncnet_v2.model] [--arcface=ARCFACE.pth --arcface_depth=50]
 """
 
 import functools
 import json
 import os
+import sys
 from typing import Dict
 
 import numpy as np
@@ -452,14 +460,85 @@ def from_pixels(stage1_dir: str, stage2_dir: str, judge, num_clips: int = 16, nu
     }
 
 
+def video_paths(spec: str) -> list:
+    """A folder (its .mp4 files) or a glob pattern -> sorted paths; ValueError when nothing matches."""
+    import glob
+
+    paths = sorted(glob.glob(os.path.join(spec, "*.mp4")) if os.path.isdir(spec) else glob.glob(spec))
+    if not paths:
+        raise ValueError(f"no videos in {spec!r} (a folder of .mp4 files or a glob pattern)")
+    return paths
+
+
+def evaluate_videos(generated: str, real: str | None = None, syncnet_path: str | None = None,
+                    arcface_path: str | None = None, arcface_depth: int = 50, log=print) -> dict:
+    """`python -m vasa_jax.evaluate videos`: the video metrics (`vasa_jax.video_metrics.evaluate_video`) of every
+    generated video, and of the real ones when given, per video and as means; weights that are not given or do
+    not load become one-line reasons in the report."""
+    from vasa_jax import audio, video, video_metrics
+
+    reasons, syncnet_variables, arcface = {}, None, None
+    if syncnet_path:
+        from vasa_jax.models.syncnet import load_syncnet
+
+        try:
+            syncnet_variables = load_syncnet(syncnet_path)
+        except (OSError, ValueError) as err:
+            reasons["lse"] = f"SyncNet weights: {err}"
+    if arcface_path:
+        from vasa_jax.models.arcface import load_arcface_params
+
+        try:
+            arcface = (load_arcface_params(arcface_path, arcface_depth), arcface_depth)
+        except (OSError, ValueError) as err:
+            reasons["csim"] = f"ArcFace weights: {err}"
+    report = {}
+    for name, spec in (("generated", generated), ("real", real)):
+        if not spec:
+            continue
+        per_video = {}
+        for path in video_paths(spec):
+            frames = np.stack(list(video.iter_video_frames(path)))
+            try:
+                waveform = audio.load_audio(path)
+            except ValueError:  # no audio stream
+                waveform = None
+            metrics = video_metrics.evaluate_video(frames, waveform, syncnet_variables=syncnet_variables,
+                                                   arcface=arcface)
+            metrics["skipped"].update({k: v for k, v in reasons.items() if k in metrics["skipped"]})
+            per_video[path] = metrics
+            log(f"{name} {path}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()
+                                                if isinstance(v, float)))
+        report[name] = {"summary": video_metrics.summarise(per_video), "videos": per_video}
+    report["table"] = video_metrics.table({name: part["summary"] for name, part in report.items()})
+    return report
+
+
 def main(argv):
-    del argv
     from absl import app, flags
 
     from vasa_jax.checkpoints import load_stage2
     from vasa_jax.sampling import MotionSampler
 
     flags_ = flags.FLAGS
+    if argv[1:] == ["videos"]:
+        if not flags_.generated or not flags_.out:
+            raise app.UsageError("videos mode needs --generated (a folder or glob of mp4s) and --out (report.json)")
+        try:
+            report = evaluate_videos(flags_.generated, flags_.real, flags_.syncnet, flags_.arcface,
+                                     flags_.arcface_depth)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(1)
+        from vasa_jax.data import atomic
+
+        atomic.write_json(flags_.out, report)
+        print(report["table"])
+        return
+    if len(argv) > 1:
+        raise app.UsageError(f"unknown mode {' '.join(argv[1:])!r}: 'videos', or none for the known-answer set")
+    if not flags_.stage2:
+        raise app.UsageError("the known-answer evaluation needs --stage2 (a stage-2 workdir)")
     if flags_.stage1:
         from vasa_jax import judge as judge_lib
 
@@ -477,9 +556,16 @@ def main(argv):
 if __name__ == "__main__":
     from absl import app, flags
 
-    flags.DEFINE_string("stage2", None, "stage-2 training workdir", required=True)
+    flags.DEFINE_string("stage2", None, "stage-2 training workdir (known-answer mode)")
     flags.DEFINE_string("stage1", None, "stage-1 training workdir: evaluate from pixels (with --judge)")
     flags.DEFINE_string("judge", None, "pixel judge folder (python -m vasa_jax.judge); trained there if empty")
     flags.DEFINE_integer("num_steps", 50, "DDIM steps")
     flags.DEFINE_integer("max_clips", 16, "held-out clips to evaluate")
+    # videos mode: python -m vasa_jax.evaluate videos --generated=DIR|GLOB [--real=DIR|GLOB] --out=report.json
+    flags.DEFINE_string("generated", None, "videos mode: a folder or glob of generated mp4s (with their audio)")
+    flags.DEFINE_string("real", None, "videos mode: a folder or glob of real mp4s (the reference row)")
+    flags.DEFINE_string("out", None, "videos mode: where the JSON report goes")
+    flags.DEFINE_string("syncnet", None, "videos mode: SyncNet's syncnet_v2.model (LSE-C / LSE-D)")
+    flags.DEFINE_string("arcface", None, "videos mode: an ArcFace iresnet state dict (CSIM)")
+    flags.DEFINE_integer("arcface_depth", 50, "videos mode: the ArcFace iresnet's depth")
     app.run(main)

@@ -150,3 +150,103 @@ def syncnet_embeddings(variables, crops: np.ndarray, waveform: np.ndarray, batch
         video_out.append(np.asarray(embed_lips(variables, windows))[:count])
         audio_out.append(np.asarray(embed_audio(variables, audio[index]))[:count])
     return np.concatenate(video_out), np.concatenate(audio_out)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pose variation, identity, and the per-video evaluation
+# ---------------------------------------------------------------------------------------------------------------
+
+def face_landmarks(frames: np.ndarray) -> list:
+    """MediaPipe landmarks [478, 3] of the largest face of each frame (None where none is found), tracked."""
+    from vasa_jax.data import face
+
+    with face.FaceMesh(max_faces=1, tracking=True) as mesh:
+        return [(faces[0] if faces else None) for faces in (mesh(frame) for frame in frames)]
+
+
+def pose_variation(landmarks: list) -> float:
+    """VASA-1's delta-P: the mean absolute change of the head's yaw, pitch and roll (degrees, from the frames'
+    landmarks) between adjacent frames, over the angles and the pairs of adjacent frames that both show a face.
+    NaN when no such pair exists."""
+    from vasa_jax.data import face
+
+    poses = [None if lm is None else face.head_pose(lm) for lm in landmarks]
+    changes = [np.abs(b - a) for a, b in zip(poses[:-1], poses[1:]) if a is not None and b is not None]
+    return float(np.mean(changes)) if changes else float("nan")
+
+
+def identity_similarity(arcface_params, depth: int, reference: np.ndarray, frames: np.ndarray,
+                        frame_landmarks: list, reference_landmarks) -> float:
+    """CSIM: the mean cosine similarity of ArcFace embeddings between the reference face (the source portrait)
+    and each frame's face, both cut as ArcFace expects them (our framing's crop, then its aligned square
+    `face.ARCFACE_BOX_IN_CROP`). Frames without a face are left out; NaN when none has one."""
+    import jax.numpy as jnp
+
+    from vasa_jax.data import face
+    from vasa_jax.models import arcface
+
+    def aligned(image, landmarks):
+        crop = face.apply_crop(image, face.crop_boxes(landmarks), 256).astype(np.float32) / 255.0
+        return arcface.crop_square(jnp.asarray(crop)[None], face.ARCFACE_BOX_IN_CROP)[0]
+
+    faces = [aligned(frame, lm) for frame, lm in zip(frames, frame_landmarks) if lm is not None]
+    if not faces:
+        return float("nan")
+    embeddings = np.asarray(arcface.arcface_embed(arcface_params, jnp.stack([aligned(reference, reference_landmarks)]
+                                                                            + faces), depth))
+    return float(np.mean(embeddings[1:] @ embeddings[0]))
+
+
+def evaluate_video(frames: np.ndarray, waveform, *, syncnet_variables=None, arcface=None, reference=None) -> dict:
+    """The metrics of one video (uint8 RGB frames at 25 fps, 16 kHz speech or None): delta-P always; LSE-D,
+    LSE-C and the AV offset with SyncNet's variables; CSIM with `arcface` = (params, depth) against `reference`
+    (a uint8 RGB image; default the first frame). A metric that cannot be computed gets a one-line reason under
+    "skipped" instead of a value."""
+    result: dict = {"frames": int(len(frames)), "skipped": {}}
+    landmarks = face_landmarks(frames)
+    result["faces_found"] = int(sum(lm is not None for lm in landmarks))
+    result["pose_variation"] = pose_variation(landmarks)
+    if syncnet_variables is None:
+        result["skipped"]["lse"] = "no SyncNet weights given (--syncnet=syncnet_v2.model)"
+    elif waveform is None:
+        result["skipped"]["lse"] = "the video has no audio"
+    else:
+        try:
+            lips, sound = syncnet_embeddings(syncnet_variables, syncnet_face_crops(frames), waveform)
+            result.update(lse(sync_distances(lips, sound)))
+        except ValueError as err:
+            result["skipped"]["lse"] = str(err)
+    if arcface is None:
+        result["skipped"]["csim"] = "no ArcFace weights given (--arcface=an iresnet state dict)"
+    else:
+        reference = frames[0] if reference is None else reference
+        reference_landmarks = landmarks[0] if reference is frames[0] else face_landmarks(reference[None])[0]
+        if reference_landmarks is None:
+            result["skipped"]["csim"] = "no face in the reference portrait"
+        else:
+            result["csim"] = identity_similarity(arcface[0], arcface[1], reference, frames, landmarks,
+                                                 reference_landmarks)
+    return result
+
+
+TABLE_COLUMNS = (("lse_c", "S_C"), ("lse_d", "S_D"), ("csim", "CSIM"), ("pose_variation", "dP"))
+
+
+def summarise(per_video: dict) -> dict:
+    """{video: metrics} -> the mean of each metric over the videos that have it, and how many do."""
+    summary = {}
+    for key, _ in TABLE_COLUMNS + (("offset", ""),):
+        values = [m[key] for m in per_video.values() if key in m and np.isfinite(m[key])]
+        if values:
+            summary[key] = float(np.mean(values))
+            summary[f"{key}_videos"] = len(values)
+    return summary
+
+
+def table(rows: dict) -> str:
+    """{row name: summary} -> a plain-text table in the layout of VASA-1's Table 2 (n/a where not computed)."""
+    lines = [f"{'':12s}" + "".join(f"{title:>10s}" for _, title in TABLE_COLUMNS)]
+    for name, summary in rows.items():
+        cells = "".join(f"{summary[key]:10.3f}" if key in summary else f"{'n/a':>10s}" for key, _ in TABLE_COLUMNS)
+        lines.append(f"{name:12s}" + cells)
+    return "\n".join(lines)
