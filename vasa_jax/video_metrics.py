@@ -104,19 +104,15 @@ def lse(distances: np.ndarray) -> dict:
             "offset": distances.shape[1] // 2 - best}
 
 
-def syncnet_face_crops(frames: np.ndarray) -> np.ndarray:
+def syncnet_face_crops(frames: np.ndarray, landmarks: list | None = None) -> np.ndarray:
     """Video frames uint8 [T, H, W, 3] (RGB, 25 fps) -> SyncNet's 224x224 face crops, uint8 RGB [T, 224, 224, 3]
-    (`face.syncnet_crop_boxes`; the largest face of each frame; frames without a face take the nearest found
-    one's box). ValueError when no frame has a face."""
+    (`face.syncnet_crop_boxes`; the largest face of each frame, `face_landmarks` unless given; frames without a
+    face take the nearest found one's box). ValueError when no frame has a face."""
     from vasa_jax.data import face
     from vasa_jax.models.syncnet import CROP_SIZE
 
-    found = {}
-    with face.FaceMesh(max_faces=1, tracking=True) as mesh:
-        for index, frame in enumerate(frames):
-            faces = mesh(frame)
-            if faces:
-                found[index] = faces[0]
+    landmarks = face_landmarks(frames) if landmarks is None else landmarks
+    found = {index: lm for index, lm in enumerate(landmarks) if lm is not None}
     if not found:
         raise ValueError("no face found in any frame")
     known = np.array(sorted(found))
@@ -212,7 +208,7 @@ def evaluate_video(frames: np.ndarray, waveform, *, syncnet_variables=None, arcf
         result["skipped"]["lse"] = "the video has no audio"
     else:
         try:
-            lips, sound = syncnet_embeddings(syncnet_variables, syncnet_face_crops(frames), waveform)
+            lips, sound = syncnet_embeddings(syncnet_variables, syncnet_face_crops(frames, landmarks), waveform)
             result.update(lse(sync_distances(lips, sound)))
         except ValueError as err:
             result["skipped"]["lse"] = str(err)
