@@ -1,5 +1,7 @@
-"""SyncNet in Flax against a PyTorch network of the published syncnet_v2 layout (random weights, saved as a state
-dict, imported), and the LSE computation on embeddings with a known offset (issue 13)."""
+"""Video metrics (issue 13): SyncNet in Flax against a PyTorch network of the published syncnet_v2 layout (random
+weights, saved as a state dict, imported), its MFCCs against the reference implementation, the LSE computation on
+embeddings with a known offset, the whole SyncNet path on a real video, delta-P, CSIM, and the `evaluate videos`
+command."""
 
 import os
 
@@ -261,3 +263,24 @@ def test_the_videos_command_reports_every_metric_or_why_not(imported, tmp_path):
     (metrics,) = report["generated"]["videos"].values()
     assert metrics["skipped"]["lse"].startswith("SyncNet weights: weights file not found")
     assert "lse_d" not in metrics and np.isfinite(metrics["pose_variation"])
+
+
+@pytest.mark.skipif(not MEDIA, reason="VASA_MEDIA_DIR is not set (the shared real photos)")
+def test_csim_is_one_for_the_reference_itself_and_lower_for_another_face():
+    """CSIM's path (our framing's crop, ArcFace's aligned square, cosine of embeddings) with a random iresnet-18:
+    frames that are the reference score 1; another person's photo scores less."""
+    import cv2
+
+    from vasa_jax.models import arcface
+
+    def photo(name):
+        image = cv2.imread(os.path.join(MEDIA, "images", name))[:, :, ::-1]
+        return np.ascontiguousarray(cv2.resize(image, (512, 512), interpolation=cv2.INTER_AREA))
+
+    params = arcface.init_arcface_params(jax.random.key(0), 18)
+    reference, other = photo("hallo_ref6.jpg"), photo("real3dportrait_Macron.png")
+    landmarks = video_metrics.face_landmarks(np.stack([reference, other]))
+    same = video_metrics.identity_similarity(params, 18, reference, np.stack([reference, reference]),
+                                             [landmarks[0], landmarks[0]], landmarks[0])
+    different = video_metrics.identity_similarity(params, 18, reference, other[None], [landmarks[1]], landmarks[0])
+    assert abs(same - 1.0) < 1e-5 and different < same - 1e-3, (same, different)
