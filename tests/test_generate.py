@@ -71,6 +71,14 @@ def test_command_line_writes_a_decodable_mp4_with_the_speech(checkpoints, portra
     assert decoded["fps"] == 25.0 and decoded["sample_rate"] == SAMPLE_RATE
     assert decoded["audio_duration"] == pytest.approx(seconds, abs=1e-3)
     assert decoded["frames"].std() > 1.0  # a picture, not a blank
+    # The sidecar records the inputs and controls, for `python -m vasa_jax.evaluate videos` (E_g, E_d, CSIM).
+    import json
+
+    from vasa_jax.generate import sidecar_path
+
+    record = json.load(open(sidecar_path(out)))
+    assert record["gaze"] == [10.0, -5.0] and record["emotion"] == "happy" and record["distance"] is None
+    assert record["image"] == os.path.abspath(portrait) and record["num_steps"] == 10 and record["crop"] == "face"
 
 
 def test_streaming_gives_the_offline_frames_and_compiles_once(checkpoints, portrait):

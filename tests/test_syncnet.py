@@ -240,6 +240,16 @@ def test_the_videos_command_reports_every_metric_or_why_not(imported, tmp_path):
         os.makedirs(tmp_path / folder)
         video.write_mp4(tmp_path / folder / "clip.mp4", frames, audio=audio.load_audio(source)[: 30 * 640])
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # The "generated" clip's sidecar, as the generation command writes it: a requested gaze 5 degrees (theta) from
+    # the clip's own main gaze, a distance without paste-back.
+    from vasa_jax.data import face
+    from vasa_jax.data.prepare import main_gaze
+
+    clip = np.stack(list(video.iter_video_frames(tmp_path / "generated" / "clip.mp4")))
+    landmarks = [lm for lm in video_metrics.face_landmarks(clip) if lm is not None]
+    theta, phi = main_gaze(np.stack([face.gaze_angles(lm) for lm in landmarks]))
+    with open(str(tmp_path / "generated" / "clip.mp4") + ".json", "w") as fh:
+        json.dump({"gaze": [float(theta) + 5.0, float(phi)], "distance": 1.0, "paste_back": False}, fh)
 
     def run(syncnet_weights):
         out = str(tmp_path / "report.json")
@@ -255,9 +265,17 @@ def test_the_videos_command_reports_every_metric_or_why_not(imported, tmp_path):
         (metrics,) = report[row]["videos"].values()
         assert metrics["frames"] == 30 and metrics["faces_found"] == 30
         assert np.isfinite(metrics["lse_d"]) and abs(metrics["offset"]) <= 15 and metrics["pose_variation"] > 0
-        assert metrics["skipped"] == {"csim": "no ArcFace weights given (--arcface=an iresnet state dict)"}
+        assert metrics["skipped"]["csim"] == "no ArcFace weights given (--arcface=an iresnet state dict)"
         assert report[row]["summary"]["lse_c"] == metrics["lse_c"]
     assert "S_C" in stdout and "generated" in stdout and "n/a" in stdout
+    assert "no generation sidecar" in report["real"]["videos"][str(tmp_path / "real" / "clip.mp4")]["skipped"][
+        "controls"]
+    generated = report["generated"]["videos"][str(tmp_path / "generated" / "clip.mp4")]
+    from vasa_jax.evaluate import angular_error_degrees
+
+    expected = angular_error_degrees(np.array([[theta + 5.0, phi]]), np.array([[theta, phi]]))[0]  # about 5
+    assert generated["gaze_error"] == pytest.approx(expected, abs=1e-3)
+    assert generated["skipped"]["distance_error"].startswith("the head distance is relative to the whole photo")
 
     report, _ = run(str(tmp_path / "absent.model"))
     (metrics,) = report["generated"]["videos"].values()
@@ -284,3 +302,24 @@ def test_csim_is_one_for_the_reference_itself_and_lower_for_another_face():
                                              [landmarks[0], landmarks[0]], landmarks[0])
     different = video_metrics.identity_similarity(params, 18, reference, other[None], [landmarks[1]], landmarks[0])
     assert abs(same - 1.0) < 1e-5 and different < same - 1e-3, (same, different)
+
+
+@pytest.mark.skipif(not MEDIA, reason="VASA_MEDIA_DIR is not set (the shared real videos)")
+def test_control_errors_are_zero_for_what_the_video_shows():
+    """E_g is about 0 when the requested gaze is the video's measured main gaze and grows with the request's
+    offset; E_d, on the whole frame (a pasted-back video), is 0 for the measured distance and its offset
+    otherwise."""
+    from vasa_jax import video
+
+    frames = np.stack(list(video.iter_video_frames(os.path.join(MEDIA, "video", "real3dportrait_May_5s.mp4"))))[:50]
+    landmarks = video_metrics.face_landmarks(frames)
+    measured, _ = video_metrics.control_errors(landmarks, frames.shape[1],
+                                               {"gaze": [0.0, 0.0], "distance": 0.0, "paste_back": True})
+    theta, phi = measured["gaze_measured"]
+    distance = measured["distance_measured"]
+    exact, skipped = video_metrics.control_errors(
+        landmarks, frames.shape[1], {"gaze": [theta, phi], "distance": distance, "paste_back": True})
+    assert not skipped and exact["gaze_error"] < 1e-3 and exact["distance_error"] < 1e-9
+    off, _ = video_metrics.control_errors(
+        landmarks, frames.shape[1], {"gaze": [theta, phi + 10.0], "distance": distance + 0.2, "paste_back": True})
+    assert off["gaze_error"] == pytest.approx(10.0, abs=0.5) and off["distance_error"] == pytest.approx(0.2)

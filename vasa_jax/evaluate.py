@@ -26,9 +26,10 @@ opening and the gaze out of the non-pose part of a motion vector (stage-1 z_dyn,
       (pixels: expression transfer and lip sync; a judge folder without a judge gets one trained)
 
 Any videos, ours or another system's (`evaluate_videos`, metrics in `vasa_jax.video_metrics`): per video and as
-means, LSE-C / LSE-D (VASA's S_C / S_D) and the AV offset with SyncNet's weights, CSIM against the first frame
-with ArcFace's, and the pose variation delta-P from the frames; a metric without its weights is skipped with a
-one-line reason in the report.
+means, LSE-C / LSE-D (VASA's S_C / S_D) and the AV offset with SyncNet's weights, CSIM with ArcFace's (against the
+portrait our generation's sidecar names, else the first frame), the pose variation delta-P from the frames, and
+E_g / E_d against the controls the sidecar records; a metric without what it needs is skipped with a one-line
+reason in the report.
   python -m vasa_jax.evaluate videos --generated=DIR|GLOB [--real=DIR|GLOB] --out=report.json \
       [--syncnet=syncnet_v2.model] [--arcface=ARCFACE.pth --arcface_depth=50]
 """
@@ -476,6 +477,7 @@ def evaluate_videos(generated: str, real: str | None = None, syncnet_path: str |
     generated video, and of the real ones when given, per video and as means; weights that are not given or do
     not load become one-line reasons in the report."""
     from vasa_jax import audio, video, video_metrics
+    from vasa_jax.generate import load_image, sidecar_path
 
     reasons, syncnet_variables, arcface = {}, None, None
     if syncnet_path:
@@ -503,8 +505,14 @@ def evaluate_videos(generated: str, real: str | None = None, syncnet_path: str |
                 waveform = audio.load_audio(path)
             except ValueError:  # no audio stream
                 waveform = None
+            requested, reference = None, None
+            if os.path.isfile(sidecar_path(path)):  # how our command line generated it
+                with open(sidecar_path(path)) as fh:
+                    requested = json.load(fh)
+                if requested.get("image") and os.path.isfile(requested["image"]):
+                    reference = np.round(load_image(requested["image"]) * 255).astype(np.uint8)
             metrics = video_metrics.evaluate_video(frames, waveform, syncnet_variables=syncnet_variables,
-                                                   arcface=arcface)
+                                                   arcface=arcface, reference=reference, requested=requested)
             metrics["skipped"].update({k: v for k, v in reasons.items() if k in metrics["skipped"]})
             per_video[path] = metrics
             log(f"{name} {path}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()

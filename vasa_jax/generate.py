@@ -102,6 +102,13 @@ def load_image(image) -> np.ndarray:
 CROPS = ("face", "liveportrait", "center")
 
 
+def sidecar_path(video_path: str) -> str:
+    """Where the command line records how a video was generated (its inputs and controls), beside the video:
+    `python -m vasa_jax.evaluate videos` reads the requested gaze and distance (E_g, E_d) and the portrait (CSIM)
+    from it."""
+    return os.fspath(video_path) + ".json"
+
+
 @dataclasses.dataclass
 class Portrait:
     photo: np.ndarray  # float32 RGB [H, W, 3] in [0, 1]: the whole input photo
@@ -500,6 +507,15 @@ def main(argv):
 
         write_mp4(f.out, frames(), fps=int(VIDEO_FPS), audio=audio, sample_rate=SAMPLE_RATE)
         elapsed = time.perf_counter() - started
+        from vasa_jax.data import atomic
+
+        atomic.write_json(sidecar_path(f.out), {
+            "image": os.path.abspath(f.image), "audio": os.path.abspath(f.audio),
+            "gaze": None if gaze is None else [float(v) for v in gaze], "distance": f.distance,
+            "emotion": f.emotion, "audio_guidance": f.audio_guidance, "gaze_guidance": f.gaze_guidance,
+            "num_steps": f.num_steps, "seed": f.seed, "crop": pipeline.crop, "paste_back": bool(f.paste_back),
+            "model": f.model, "stage1": f.stage1, "stage2": f.stage2,
+        })
     except (ValueError, OSError) as err:  # GenerationError and AudioError are ValueErrors
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)

@@ -193,15 +193,57 @@ def identity_similarity(arcface_params, depth: int, reference: np.ndarray, frame
     return float(np.mean(embeddings[1:] @ embeddings[0]))
 
 
-def evaluate_video(frames: np.ndarray, waveform, *, syncnet_variables=None, arcface=None, reference=None) -> dict:
+def control_errors(landmarks: list, frame_height: int, requested: dict) -> tuple:
+    """(metrics, skipped reasons) of the controls a video was generated with (`requested`: the generation's
+    sidecar). E_g: the angle between the requested gaze and the video's main gaze, measured as the data
+    preparation measures it (the centre of the most populated 3-degree cell of the per-frame gaze). E_d: the
+    requested head distance against -log(median face height / frame height), the preparation's estimator, which
+    is relative to the whole frame: only pasted-back videos (frames of the whole photo) have it."""
+    from vasa_jax.data import face
+    from vasa_jax.data.prepare import main_gaze
+    from vasa_jax.evaluate import angular_error_degrees
+
+    metrics, skipped = {}, {}
+    found = [lm for lm in landmarks if lm is not None]
+    if requested.get("gaze") is None:
+        skipped["gaze_error"] = "no gaze was requested"
+    elif not found:
+        skipped["gaze_error"] = "no face in the video"
+    else:
+        measured = main_gaze(np.stack([face.gaze_angles(lm) for lm in found]))
+        metrics["gaze_measured"] = [float(v) for v in measured]
+        metrics["gaze_error"] = float(angular_error_degrees(np.asarray(requested["gaze"])[None], measured[None])[0])
+    if requested.get("distance") is None:
+        skipped["distance_error"] = "no head distance was requested"
+    elif not requested.get("paste_back"):
+        skipped["distance_error"] = ("the head distance is relative to the whole photo: only a pasted-back video "
+                                     "(--paste_back) shows it")
+    elif not found:
+        skipped["distance_error"] = "no face in the video"
+    else:
+        measured = float(-np.log(np.median(face.face_height(np.stack(found))) / frame_height))
+        metrics["distance_measured"] = measured
+        metrics["distance_error"] = abs(float(requested["distance"]) - measured)
+    return metrics, skipped
+
+
+def evaluate_video(frames: np.ndarray, waveform, *, syncnet_variables=None, arcface=None, reference=None,
+                   requested: dict | None = None) -> dict:
     """The metrics of one video (uint8 RGB frames at 25 fps, 16 kHz speech or None): delta-P always; LSE-D,
     LSE-C and the AV offset with SyncNet's variables; CSIM with `arcface` = (params, depth) against `reference`
-    (a uint8 RGB image; default the first frame). A metric that cannot be computed gets a one-line reason under
-    "skipped" instead of a value."""
+    (a uint8 RGB image; default the first frame); E_g and E_d against the controls in `requested` (the
+    generation's sidecar). A metric that cannot be computed gets a one-line reason under "skipped" instead of a
+    value."""
     result: dict = {"frames": int(len(frames)), "skipped": {}}
     landmarks = face_landmarks(frames)
     result["faces_found"] = int(sum(lm is not None for lm in landmarks))
     result["pose_variation"] = pose_variation(landmarks)
+    if requested is None:
+        result["skipped"]["controls"] = "no generation sidecar (<video>.json) recording the requested controls"
+    else:
+        metrics, skipped = control_errors(landmarks, frames.shape[1], requested)
+        result.update(metrics)
+        result["skipped"].update(skipped)
     if syncnet_variables is None:
         result["skipped"]["lse"] = "no SyncNet weights given (--syncnet=syncnet_v2.model)"
     elif waveform is None:
@@ -225,7 +267,8 @@ def evaluate_video(frames: np.ndarray, waveform, *, syncnet_variables=None, arcf
     return result
 
 
-TABLE_COLUMNS = (("lse_c", "S_C"), ("lse_d", "S_D"), ("csim", "CSIM"), ("pose_variation", "dP"))
+TABLE_COLUMNS = (("lse_c", "S_C"), ("lse_d", "S_D"), ("csim", "CSIM"), ("pose_variation", "dP"),
+                 ("gaze_error", "E_g"), ("distance_error", "E_d"))
 
 
 def summarise(per_video: dict) -> dict:
