@@ -323,3 +323,21 @@ def test_control_errors_are_zero_for_what_the_video_shows():
     off, _ = video_metrics.control_errors(
         landmarks, frames.shape[1], {"gaze": [theta, phi + 10.0], "distance": distance + 0.2, "paste_back": True})
     assert off["gaze_error"] == pytest.approx(10.0, abs=0.5) and off["distance_error"] == pytest.approx(0.2)
+
+
+def test_frechet_distance_is_zero_for_a_set_against_itself_and_grows_with_noise():
+    """FVD's distance on features: about 0 for a set against itself, the closed form for diagonal covariances,
+    and growing with the noise added to one set."""
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(400, 16)) @ rng.normal(size=(16, 16))
+    assert abs(video_metrics.frechet_distance(features, features)) < 1e-6
+    a = rng.normal(size=(5000, 4)) * [1.0, 2.0, 0.5, 1.0]
+    b = rng.normal(size=(5000, 4)) * [2.0, 1.0, 0.5, 3.0] + [1.0, 0.0, 0.0, -1.0]
+    var_a, var_b = a.var(axis=0, ddof=1), b.var(axis=0, ddof=1)  # (the sample covariances are nearly diagonal)
+    closed = np.sum((a.mean(0) - b.mean(0)) ** 2) + np.sum(var_a + var_b - 2 * np.sqrt(var_a * var_b))
+    assert video_metrics.frechet_distance(a, b) == pytest.approx(closed, rel=0.02)
+    noisy = [video_metrics.frechet_distance(features, features + rng.normal(scale=s, size=features.shape))
+             for s in (0.1, 0.5, 1.0, 2.0)]
+    assert all(x < y for x, y in zip(noisy, noisy[1:])) and noisy[0] > 0
+    with pytest.raises(ValueError, match="one D"):
+        video_metrics.frechet_distance(features, features[:, :3])

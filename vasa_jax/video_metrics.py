@@ -289,3 +289,23 @@ def table(rows: dict) -> str:
         cells = "".join(f"{summary[key]:10.3f}" if key in summary else f"{'n/a':>10s}" for key, _ in TABLE_COLUMNS)
         lines.append(f"{name:12s}" + cells)
     return "\n".join(lines)
+
+
+def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
+    """The Frechet distance between Gaussians fitted to two sets of features [N, D] (FVD's and FID's formula):
+    |mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)), with unbiased sample covariances. The matrix square root
+    is scipy's; a tiny imaginary part from rounding is dropped, and near-singular products get a small ridge,
+    as the reference implementations do."""
+    from scipy import linalg
+
+    a, b = np.asarray(features_a, np.float64), np.asarray(features_b, np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
+        raise ValueError(f"features must be [N >= 2, D] with one D, got {a.shape} and {b.shape}")
+    mean_a, mean_b = a.mean(axis=0), b.mean(axis=0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
+    if not np.isfinite(root).all():
+        ridge = np.eye(len(cov_a)) * 1e-6
+        root = linalg.sqrtm((cov_a + ridge) @ (cov_b + ridge))
+    root = np.real(root)
+    return float(np.sum((mean_a - mean_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(root))
