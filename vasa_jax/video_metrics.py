@@ -10,12 +10,14 @@ the shift where the smallest falls.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
+from vasa_jax.models.syncnet import CROP_SIZE, MFCC_STEPS, NUM_FRAMES, NUM_MFCC, SyncNet
+
 MAX_OFFSET = 15  # frames either side, SyncNet's search range
-MFCC_RATE = 100  # SyncNet's audio features: 13 MFCCs every 10 ms, 4 per video frame
-MFCC_PER_FRAME = 4
-NUM_MFCC = 13
+MFCC_PER_FRAME = 4  # SyncNet's 100 Hz MFCCs per 25 fps video frame
 
 
 def _hz_to_mel(hz):
@@ -66,7 +68,7 @@ def syncnet_mfcc(waveform: np.ndarray, sample_rate: int = 16000) -> np.ndarray:
 
 def audio_windows(mfcc: np.ndarray, num_windows: int) -> np.ndarray:
     """[N, 13] MFCCs -> [num_windows, 13, 20]: window i starts at video frame i (MFCC step 4 i), 0.2 s long."""
-    steps = MFCC_PER_FRAME * 5
+    steps = MFCC_STEPS
     needed = MFCC_PER_FRAME * (num_windows - 1) + steps
     if len(mfcc) < needed:
         raise ValueError(f"{num_windows} windows need {needed} MFCC steps, the audio gives {len(mfcc)}")
@@ -109,7 +111,6 @@ def syncnet_face_crops(frames: np.ndarray, landmarks: list | None = None) -> np.
     (`face.syncnet_crop_boxes`; the largest face of each frame, `face_landmarks` unless given; frames without a
     face take the nearest found one's box). ValueError when no frame has a face."""
     from vasa_jax.data import face
-    from vasa_jax.models.syncnet import CROP_SIZE
 
     landmarks = face_landmarks(frames) if landmarks is None else landmarks
     found = {index: lm for index, lm in enumerate(landmarks) if lm is not None}
@@ -126,18 +127,12 @@ def syncnet_embeddings(variables, crops: np.ndarray, waveform: np.ndarray, batch
     W = T - 5 as the reference evaluation counts (its last full window is left out). `crops`: uint8 RGB [T, 224,
     224, 3] (`syncnet_face_crops`), fed to the network as BGR 0-255 as the reference reads them with OpenCV;
     `waveform`: 16 kHz float speech of the same clip. Batches have one shape (the last one padded)."""
-    import jax
-
-    from vasa_jax.models.syncnet import NUM_FRAMES, SyncNet
-
     num_windows = len(crops) - NUM_FRAMES
     if num_windows < 1:
         raise ValueError(f"SyncNet needs at least {NUM_FRAMES + 1} frames, got {len(crops)}")
     audio = audio_windows(syncnet_mfcc(waveform), num_windows)
     bgr = np.ascontiguousarray(crops[..., ::-1]).astype(np.float32)
-    model = SyncNet()
-    embed_lips = jax.jit(lambda v, x: model.apply(v, x, method="embed_lips"))
-    embed_audio = jax.jit(lambda v, x: model.apply(v, x, method="embed_audio"))
+    embed_lips, embed_audio = _syncnet_towers()
     video_out, audio_out = [], []
     for start in range(0, num_windows, batch_size):
         index = np.minimum(np.arange(start, start + batch_size), num_windows - 1)  # padded with the last window
@@ -146,6 +141,16 @@ def syncnet_embeddings(variables, crops: np.ndarray, waveform: np.ndarray, batch
         video_out.append(np.asarray(embed_lips(variables, windows))[:count])
         audio_out.append(np.asarray(embed_audio(variables, audio[index]))[:count])
     return np.concatenate(video_out), np.concatenate(audio_out)
+
+
+@functools.cache
+def _syncnet_towers():
+    """The two towers, jitted once per process (every video of an evaluation reuses the compiled batch shape)."""
+    import jax
+
+    model = SyncNet()
+    return (jax.jit(lambda v, x: model.apply(v, x, method="embed_lips")),
+            jax.jit(lambda v, x: model.apply(v, x, method="embed_audio")))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -38,7 +38,6 @@ from vasa_jax.models.layers import config_from_mapping, conv3d_same
 from vasa_jax.models.torch_import import import_mirrored_state_dict, load_torch_state_dict
 
 NUM_POSE_BINS = 66
-POSE_DIM = 7  # pitch, yaw, roll (degrees), tx, ty, tz, scale
 
 
 @dataclasses.dataclass(frozen=True)
