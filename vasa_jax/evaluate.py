@@ -472,10 +472,12 @@ def video_paths(spec: str) -> list:
 
 
 def evaluate_videos(generated: str, real: str | None = None, syncnet_path: str | None = None,
-                    arcface_path: str | None = None, arcface_depth: int = 50, log=print) -> dict:
+                    arcface_path: str | None = None, arcface_depth: int = 50, i3d_path: str | None = None,
+                    log=print) -> dict:
     """`python -m vasa_jax.evaluate videos`: the video metrics (`vasa_jax.video_metrics.evaluate_video`) of every
-    generated video, and of the real ones when given, per video and as means; weights that are not given or do
-    not load become one-line reasons in the report."""
+    generated video, and of the real ones when given, per video and as means, and FVD_25 of the sets
+    (`video_metrics.fvd_of_sets`); weights that are not given or do not load become one-line reasons in the
+    report."""
     from vasa_jax import audio, video, video_metrics
     from vasa_jax.generate import load_image, sidecar_path
 
@@ -494,7 +496,17 @@ def evaluate_videos(generated: str, real: str | None = None, syncnet_path: str |
             arcface = (load_arcface_params(arcface_path, arcface_depth), arcface_depth)
         except (OSError, ValueError) as err:
             reasons["csim"] = f"ArcFace weights: {err}"
-    report = {}
+    i3d_variables = None
+    if i3d_path:
+        from vasa_jax.models.i3d import load_i3d
+
+        try:
+            i3d_variables = load_i3d(i3d_path)
+        except (OSError, ValueError) as err:
+            reasons["fvd"] = f"I3D weights: {err}"
+    elif "fvd" not in reasons:
+        reasons["fvd"] = "no I3D weights given (--i3d=i3d_pretrained_400.pt)"
+    report, clip_features = {}, {}
     for name, spec in (("generated", generated), ("real", real)):
         if not spec:
             continue
@@ -514,10 +526,26 @@ def evaluate_videos(generated: str, real: str | None = None, syncnet_path: str |
             metrics = video_metrics.evaluate_video(frames, waveform, syncnet_variables=syncnet_variables,
                                                    arcface=arcface, reference=reference, requested=requested)
             metrics["skipped"].update({k: v for k, v in reasons.items() if k in metrics["skipped"]})
+            if i3d_variables is not None:
+                features = video_metrics.fvd_features(i3d_variables, frames)
+                clip_features.setdefault(name, []).append(features)
+                metrics["fvd_clips"] = len(features)
             per_video[path] = metrics
             log(f"{name} {path}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()
                                                 if isinstance(v, float)))
         report[name] = {"summary": video_metrics.summarise(per_video), "videos": per_video}
+    if i3d_variables is not None:
+        sets = {name: np.concatenate(parts) for name, parts in clip_features.items()}
+        fvd = video_metrics.fvd_of_sets(sets.get("generated"), sets.get("real"))
+        for name in report:
+            if name in fvd["fvd"]:
+                report[name]["summary"]["fvd"] = fvd["fvd"][name]
+            report[name]["summary"]["fvd_clips"] = len(sets.get(name, ()))
+            if name in fvd["skipped"]:
+                report[name]["summary"].setdefault("skipped", {})["fvd"] = fvd["skipped"][name]
+    else:
+        for name in report:
+            report[name]["summary"].setdefault("skipped", {})["fvd"] = reasons["fvd"]
     report["table"] = video_metrics.table({name: part["summary"] for name, part in report.items()})
     return report
 
@@ -534,7 +562,7 @@ def main(argv):
             raise app.UsageError("videos mode needs --generated (a folder or glob of mp4s) and --out (report.json)")
         try:
             report = evaluate_videos(flags_.generated, flags_.real, flags_.syncnet, flags_.arcface,
-                                     flags_.arcface_depth)
+                                     flags_.arcface_depth, flags_.i3d)
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(1)
@@ -576,4 +604,5 @@ if __name__ == "__main__":
     flags.DEFINE_string("syncnet", None, "videos mode: SyncNet's syncnet_v2.model (LSE-C / LSE-D)")
     flags.DEFINE_string("arcface", None, "videos mode: an ArcFace iresnet state dict (CSIM)")
     flags.DEFINE_integer("arcface_depth", 50, "videos mode: the ArcFace iresnet's depth")
+    flags.DEFINE_string("i3d", None, "videos mode: I3D's i3d_pretrained_400.pt (FVD_25 against --real)")
     app.run(main)

@@ -273,7 +273,7 @@ def evaluate_video(frames: np.ndarray, waveform, *, syncnet_variables=None, arcf
 
 
 TABLE_COLUMNS = (("lse_c", "S_C"), ("lse_d", "S_D"), ("csim", "CSIM"), ("pose_variation", "dP"),
-                 ("gaze_error", "E_g"), ("distance_error", "E_d"))
+                 ("fvd", "FVD_25"), ("gaze_error", "E_g"), ("distance_error", "E_d"))
 
 
 def summarise(per_video: dict) -> dict:
@@ -314,3 +314,72 @@ def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
         root = linalg.sqrtm((cov_a + ridge) @ (cov_b + ridge))
     root = np.real(root)
     return float(np.sum((mean_a - mean_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(root))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# FVD: Frechet distance of I3D logits of 25-frame clips
+# ---------------------------------------------------------------------------------------------------------------
+
+FVD_CLIP_FRAMES = 25  # VASA-1's FVD_25: clips of 25 consecutive frames
+
+
+def fvd_clips(frames: np.ndarray, clip_frames: int = FVD_CLIP_FRAMES) -> np.ndarray:
+    """A video's consecutive, non-overlapping clips of `clip_frames` frames (a shorter tail is left out) as I3D
+    reads them: uint8 RGB [T, H, W, 3] -> float32 [N, clip_frames, 224, 224, 3] in [-1, 1]. Each frame is resized
+    so its shorter side is 224 (bilinear with half-pixel centres and no antialiasing, as the PyTorch FVD ports'
+    `F.interpolate(mode="bilinear", align_corners=False)`) and centre-cropped to a square."""
+    import jax
+
+    from vasa_jax.models.i3d import INPUT_SIZE
+
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be [T, H, W, 3], got {frames.shape}")
+    count = len(frames) // clip_frames
+    t, h, w, _ = frames.shape
+    scale = INPUT_SIZE / min(h, w)
+    size = (INPUT_SIZE, int(np.ceil(w * scale))) if h <= w else (int(np.ceil(h * scale)), INPUT_SIZE)
+    clips = []
+    for index in range(count):
+        clip = frames[index * clip_frames : (index + 1) * clip_frames].astype(np.float32) / 255.0
+        resized = np.asarray(jax.image.resize(clip, (clip_frames,) + size + (3,), "linear", antialias=False))
+        top, left = (size[0] - INPUT_SIZE) // 2, (size[1] - INPUT_SIZE) // 2
+        clips.append(resized[:, top : top + INPUT_SIZE, left : left + INPUT_SIZE] * 2.0 - 1.0)
+    return np.stack(clips) if clips else np.zeros((0, clip_frames, INPUT_SIZE, INPUT_SIZE, 3), np.float32)
+
+
+def fvd_features(i3d_variables, frames: np.ndarray, clip_frames: int = FVD_CLIP_FRAMES) -> np.ndarray:
+    """I3D's Kinetics-400 logits [N, 400] of a video's clips (`fvd_clips`); N = 0 for a video shorter than a clip.
+    Clips go through the network one at a time (one compiled shape for every video)."""
+    from vasa_jax.models.i3d import NUM_CLASSES
+
+    clips = fvd_clips(frames, clip_frames)
+    forward = _i3d_forward()
+    features = [np.asarray(forward(i3d_variables, clip[None]))[0] for clip in clips]
+    return np.stack(features) if features else np.zeros((0, NUM_CLASSES), np.float32)
+
+
+@functools.cache
+def _i3d_forward():
+    import jax
+
+    from vasa_jax.models.i3d import InceptionI3d
+
+    return jax.jit(InceptionI3d().apply)
+
+
+def fvd_of_sets(generated: np.ndarray | None, real: np.ndarray | None) -> dict:
+    """FVD_25 of each table row from the clips' I3D logits [N, 400] (None: no such set): the generated row against
+    the real clips; the real row between its even and odd clips (the figure two samples of the same distribution
+    reach, the floor to read the generated row against). A row that cannot have one gets a reason."""
+    rows, reasons = {}, {}
+    if real is None or len(real) < 4:
+        reasons["real"] = "FVD needs a --real set of at least 4 clips of 25 frames"
+    else:
+        rows["real"] = frechet_distance(real[0::2], real[1::2])
+    if generated is not None:
+        if real is None or len(real) < 2 or len(generated) < 2:
+            reasons["generated"] = "FVD needs at least 2 clips of 25 frames in both the generated and the real set"
+        else:
+            rows["generated"] = frechet_distance(generated, real)
+    return {"fvd": rows, "skipped": reasons}
