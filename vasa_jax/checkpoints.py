@@ -21,6 +21,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from vasa_jax.data import motion as motion_data
+from vasa_jax.models.capp import CAPP, CappConfig
+from vasa_jax.models.capp import example_inputs as capp_example_inputs
 from vasa_jax.models.stage1 import FaceLatentModel, Stage1ModelConfig
 from vasa_jax.models.stage2 import MotionDiT, Stage2ModelConfig, example_inputs
 
@@ -183,6 +185,39 @@ def load_stage2(workdir: str) -> Stage2Model:
     stats = motion_data.read_json(os.path.join(config.data.root, motion_data.STATS))
     stats = {k: np.asarray(v, np.float32) for k, v in stats.items()}
     return Stage2Model(model_cfg, restore_params(workdir, "dit", _stage2_abstract(model_cfg)), config, stats)
+
+
+def capp_model_config(config, audio_dim: int) -> CappConfig:
+    """CAPP's sizes: its config's `model` section and the width of its audio encoder's features."""
+    return CappConfig.from_config({**dict(config.model), "audio_dim": int(audio_dim)})
+
+
+@dataclasses.dataclass(frozen=True)
+class CappModel:
+    """A trained CAPP (`vasa_jax.models.capp`) and the audio encoder its features come from."""
+
+    model_cfg: CappConfig
+    params: Any
+    config: Any  # the training config
+    audio_encoder: Any  # vasa_jax.audio encoder (log-mel or Wav2Vec2), as the training config names it
+
+    @property
+    def model(self) -> CAPP:
+        return CAPP(self.model_cfg)
+
+
+def load_capp(workdir: str) -> CappModel:
+    """The CAPP model of the latest checkpoint of a CAPP training workdir (configs/capp.py)."""
+    from vasa_jax.audio import make_audio_encoder
+
+    config = read_config(workdir)
+    if _task_of(config) != "capp":
+        raise ValueError(f"{workdir} is a {_task_of(config)} workdir, not a CAPP one")
+    encoder = make_audio_encoder(**dict(config.audio))
+    model_cfg = capp_model_config(config, encoder.feature_dim)
+    abstract = jax.eval_shape(
+        lambda: nn.unbox(CAPP(model_cfg).init(jax.random.key(0), *capp_example_inputs(model_cfg))["params"]))
+    return CappModel(model_cfg, restore_params(workdir, "capp", abstract), config, encoder)
 
 
 # ------------------------------------------------------------------------------------------ exported models

@@ -473,7 +473,7 @@ def video_paths(spec: str) -> list:
 
 def evaluate_videos(generated: str, real: str | None = None, syncnet_path: str | None = None,
                     arcface_path: str | None = None, arcface_depth: int = 50, i3d_path: str | None = None,
-                    log=print) -> dict:
+                    capp_dir: str | None = None, log=print) -> dict:
     """`python -m vasa_jax.evaluate videos`: the video metrics (`vasa_jax.video_metrics.evaluate_video`) of every
     generated video, and of the real ones when given, per video and as means, and FVD_25 of the sets
     (`video_metrics.fvd_of_sets`); weights that are not given or do not load become one-line reasons in the
@@ -496,6 +496,15 @@ def evaluate_videos(generated: str, real: str | None = None, syncnet_path: str |
             arcface = (load_arcface_params(arcface_path, arcface_depth), arcface_depth)
         except (OSError, ValueError) as err:
             reasons["csim"] = f"ArcFace weights: {err}"
+    capp = None
+    if capp_dir:
+        from vasa_jax.checkpoints import load_capp
+
+        try:
+            capp_model = load_capp(capp_dir)
+            capp = (video_metrics.capp_scorer(capp_model), capp_model.audio_encoder, capp_model.model_cfg.window)
+        except (OSError, ValueError) as err:
+            reasons["capp"] = f"CAPP model: {err}"
     i3d_variables = None
     if i3d_path:
         from vasa_jax.models.i3d import load_i3d
@@ -524,7 +533,8 @@ def evaluate_videos(generated: str, real: str | None = None, syncnet_path: str |
                 if requested.get("image") and os.path.isfile(requested["image"]):
                     reference = np.round(load_image(requested["image"]) * 255).astype(np.uint8)
             metrics = video_metrics.evaluate_video(frames, waveform, syncnet_variables=syncnet_variables,
-                                                   arcface=arcface, reference=reference, requested=requested)
+                                                   arcface=arcface, reference=reference, requested=requested,
+                                                   capp=capp)
             metrics["skipped"].update({k: v for k, v in reasons.items() if k in metrics["skipped"]})
             if i3d_variables is not None:
                 features = video_metrics.fvd_features(i3d_variables, frames)
@@ -550,6 +560,28 @@ def evaluate_videos(generated: str, real: str | None = None, syncnet_path: str |
     return report
 
 
+CAPP_SHIFTS = (0, 1, 2, 3, 4, 25)  # VASA-1's Table 3 (frames 0..4) and 1 s
+
+
+def capp_shift_report(capp_dir: str, split: str = "test", shifts=CAPP_SHIFTS) -> dict:
+    """VASA-1's Table 3 for a trained CAPP on its own data's `split`: the mean score of the true pose-audio pairs
+    and of the same pairs with the audio shifted by +-k frames (+k and -k averaged, as the table's "+-k"), over the
+    same windows for every shift."""
+    from vasa_jax import video_metrics
+    from vasa_jax.checkpoints import load_capp
+    from vasa_jax.data import capp as capp_data
+
+    capp_model = load_capp(capp_dir)
+    clips = capp_data.clips_for_config(capp_model.config.data, split, capp_model.audio_encoder)
+    if not clips:
+        raise ValueError(f"the {split} split of {capp_dir}'s data has no clip with speech")
+    signed = sorted({s * k for k in shifts for s in (1, -1)})
+    table = video_metrics.capp_shift_table(video_metrics.capp_scorer(capp_model), clips,
+                                           capp_model.model_cfg.window, signed)
+    return {"split": split, "clips": len(clips), "signed": {str(k): v for k, v in table.items()},
+            "shift": {str(k): 0.5 * (table[k] + table[-k]) for k in shifts}}
+
+
 def main(argv):
     from absl import app, flags
 
@@ -562,7 +594,7 @@ def main(argv):
             raise app.UsageError("videos mode needs --generated (a folder or glob of mp4s) and --out (report.json)")
         try:
             report = evaluate_videos(flags_.generated, flags_.real, flags_.syncnet, flags_.arcface,
-                                     flags_.arcface_depth, flags_.i3d)
+                                     flags_.arcface_depth, flags_.i3d, flags_.capp)
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(1)
@@ -571,8 +603,17 @@ def main(argv):
         atomic.write_json(flags_.out, report)
         print(report["table"])
         return
+    if argv[1:] == ["capp_shifts"]:
+        if not flags_.capp:
+            raise app.UsageError("capp_shifts mode needs --capp (a CAPP training workdir)")
+        report = capp_shift_report(flags_.capp, flags_.split)
+        print(json.dumps(report, indent=1))
+        print("shift " + "".join(f"{'+-' + k if k != '0' else k:>8s}" for k in report["shift"]))
+        print("CAPP  " + "".join(f"{v:8.3f}" for v in report["shift"].values()))
+        return
     if len(argv) > 1:
-        raise app.UsageError(f"unknown mode {' '.join(argv[1:])!r}: 'videos', or none for the known-answer set")
+        raise app.UsageError(f"unknown mode {' '.join(argv[1:])!r}: 'videos', 'capp_shifts', or none for the "
+                             "known-answer set")
     if not flags_.stage2:
         raise app.UsageError("the known-answer evaluation needs --stage2 (a stage-2 workdir)")
     if flags_.stage1:
@@ -604,5 +645,8 @@ if __name__ == "__main__":
     flags.DEFINE_string("syncnet", None, "videos mode: SyncNet's syncnet_v2.model (LSE-C / LSE-D)")
     flags.DEFINE_string("arcface", None, "videos mode: an ArcFace iresnet state dict (CSIM)")
     flags.DEFINE_integer("arcface_depth", 50, "videos mode: the ArcFace iresnet's depth")
+    flags.DEFINE_string("capp", None, "videos and capp_shifts modes: a CAPP training workdir (configs/capp.py)")
+    # capp_shifts mode: python -m vasa_jax.evaluate capp_shifts --capp=WORKDIR [--split=test] (VASA-1's Table 3)
+    flags.DEFINE_string("split", "test", "capp_shifts mode: the split of the CAPP's own data")
     flags.DEFINE_string("i3d", None, "videos mode: I3D's i3d_pretrained_400.pt (FVD_25 against --real)")
     app.run(main)

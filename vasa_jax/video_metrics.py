@@ -106,6 +106,17 @@ def lse(distances: np.ndarray) -> dict:
             "offset": distances.shape[1] // 2 - best}
 
 
+def filled_landmarks(landmarks: list) -> np.ndarray:
+    """Per-frame landmarks (None where no face was found) -> [T, 478, 3], a frame without a face taking the nearest
+    found frame's. ValueError when no frame has a face."""
+    found = [index for index, lm in enumerate(landmarks) if lm is not None]
+    if not found:
+        raise ValueError("no face found in any frame")
+    known = np.asarray(found)
+    nearest = known[np.abs(np.arange(len(landmarks))[:, None] - known[None, :]).argmin(axis=1)]
+    return np.stack([landmarks[int(i)] for i in nearest])
+
+
 def syncnet_face_crops(frames: np.ndarray, landmarks: list | None = None) -> np.ndarray:
     """Video frames uint8 [T, H, W, 3] (RGB, 25 fps) -> SyncNet's 224x224 face crops, uint8 RGB [T, 224, 224, 3]
     (`face.syncnet_crop_boxes`; the largest face of each frame, `face_landmarks` unless given; frames without a
@@ -113,12 +124,7 @@ def syncnet_face_crops(frames: np.ndarray, landmarks: list | None = None) -> np.
     from vasa_jax.data import face
 
     landmarks = face_landmarks(frames) if landmarks is None else landmarks
-    found = {index: lm for index, lm in enumerate(landmarks) if lm is not None}
-    if not found:
-        raise ValueError("no face found in any frame")
-    known = np.array(sorted(found))
-    nearest = known[np.abs(np.arange(len(frames))[:, None] - known[None, :]).argmin(axis=1)]
-    boxes = face.syncnet_crop_boxes(np.stack([found[int(i)] for i in nearest]))
+    boxes = face.syncnet_crop_boxes(filled_landmarks(landmarks))
     return np.stack([face.apply_crop(frame, box, CROP_SIZE) for frame, box in zip(frames, boxes)])
 
 
@@ -233,9 +239,10 @@ def control_errors(landmarks: list, frame_height: int, requested: dict) -> tuple
 
 
 def evaluate_video(frames: np.ndarray, waveform, *, syncnet_variables=None, arcface=None, reference=None,
-                   requested: dict | None = None) -> dict:
+                   requested: dict | None = None, capp=None) -> dict:
     """The metrics of one video (uint8 RGB frames at 25 fps, 16 kHz speech or None): delta-P always; LSE-D,
-    LSE-C and the AV offset with SyncNet's variables; CSIM with `arcface` = (params, depth) against `reference`
+    LSE-C and the AV offset with SyncNet's variables; CAPP with `capp` = (score, audio encoder, window)
+    (`capp_scorer`, the CAPP model's encoder and window); CSIM with `arcface` = (params, depth) against `reference`
     (a uint8 RGB image; default the first frame); E_g and E_d against the controls in `requested` (the
     generation's sidecar). A metric that cannot be computed gets a one-line reason under "skipped" instead of a
     value."""
@@ -259,6 +266,19 @@ def evaluate_video(frames: np.ndarray, waveform, *, syncnet_variables=None, arcf
             result.update(lse(sync_distances(lips, sound)))
         except ValueError as err:
             result["skipped"]["lse"] = str(err)
+    if capp is None:
+        result["skipped"]["capp"] = "no CAPP model given (--capp=a CAPP training workdir, configs/capp.py)"
+    elif waveform is None:
+        result["skipped"]["capp"] = "the video has no audio"
+    else:
+        from vasa_jax.audio import frame_features
+
+        score, encoder, window = capp
+        value = capp_video_score(score, landmarks, frame_features(encoder, waveform), window)
+        if np.isfinite(value):
+            result["capp"] = value
+        else:
+            result["skipped"]["capp"] = f"no {window}-frame window with a face (CAPP reads 3 s windows)"
     if arcface is None:
         result["skipped"]["csim"] = "no ArcFace weights given (--arcface=an iresnet state dict)"
     else:
@@ -272,8 +292,8 @@ def evaluate_video(frames: np.ndarray, waveform, *, syncnet_variables=None, arcf
     return result
 
 
-TABLE_COLUMNS = (("lse_c", "S_C"), ("lse_d", "S_D"), ("csim", "CSIM"), ("pose_variation", "dP"),
-                 ("fvd", "FVD_25"), ("gaze_error", "E_g"), ("distance_error", "E_d"))
+TABLE_COLUMNS = (("lse_c", "S_C"), ("lse_d", "S_D"), ("capp", "CAPP"), ("pose_variation", "dP"), ("fvd", "FVD_25"),
+                 ("csim", "CSIM"), ("gaze_error", "E_g"), ("distance_error", "E_d"))
 
 
 def summarise(per_video: dict) -> dict:
@@ -383,3 +403,60 @@ def fvd_of_sets(generated: np.ndarray | None, real: np.ndarray | None) -> dict:
         else:
             rows["generated"] = frechet_distance(generated, real)
     return {"fvd": rows, "skipped": reasons}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CAPP: how well the head's motion goes with the speech (VASA-1's contrastive audio-pose score)
+# ---------------------------------------------------------------------------------------------------------------
+
+def capp_scorer(capp_model):
+    """A trained CAPP (`checkpoints.CappModel`) as score(pose_input [B, W, 3], audio_input [B, W, A]) -> [B]."""
+    import jax
+
+    model = capp_model.model
+    score = jax.jit(lambda params, pose, sound: model.apply({"params": params}, pose, sound, method="score"))
+    return lambda pose, sound: np.asarray(score(capp_model.params, pose, sound))
+
+
+def _shifted_windows(length: int, window: int, shifts, stride: int) -> list:
+    """Window starts s at which the pose window [s, s + W) and every shifted audio window [s + k, s + k + W) lie
+    inside a clip of `length` frames."""
+    lo, hi = min(min(shifts), 0), max(max(shifts), 0)
+    return list(range(-lo, length - window - hi + 1, stride))
+
+
+def capp_shift_table(score, clips, window: int, shifts, stride: int | None = None, batch_size: int = 64) -> dict:
+    """VASA-1's Table 3: the mean CAPP score of each clip's pose windows against its audio shifted by k frames,
+    {k: score}, over the same windows for every k (those where all shifts fit; starts every `stride` frames,
+    default W / 3). `clips`: [{"angles" [T, 3] degrees, "features" [T, A]}]; `score` as `capp_scorer` makes it."""
+    from vasa_jax.models.capp import audio_input, pose_input
+
+    stride = stride or max(1, window // 3)
+    pairs = {k: ([], []) for k in shifts}
+    for clip in clips:
+        for start in _shifted_windows(len(clip["angles"]), window, shifts, stride):
+            for k in shifts:
+                pairs[k][0].append(pose_input(clip["angles"][start : start + window]))
+                pairs[k][1].append(audio_input(clip["features"][start + k : start + k + window]))
+    if not pairs[shifts[0]][0]:
+        raise ValueError(f"no clip is long enough for a {window}-frame window shifted by {min(shifts)}..{max(shifts)}")
+    table = {}
+    for k, (poses, sounds) in pairs.items():
+        scores = [score(np.stack(poses[i : i + batch_size]), np.stack(sounds[i : i + batch_size]))
+                  for i in range(0, len(poses), batch_size)]
+        table[k] = float(np.mean(np.concatenate(scores)))
+    return table
+
+
+def capp_video_score(score, landmarks: list, features: np.ndarray, window: int, stride: int = 25) -> float:
+    """CAPP of one video: the mean score of its 3 s windows (every `stride` frames) of head angles re-extracted from
+    the frames (`face.head_pose` of each frame's landmarks; frames without a face take the nearest found one's) and
+    of its speech's features. NaN when the video is shorter than a window or shows no face."""
+    from vasa_jax.data import face
+
+    length = min(len(landmarks), len(features))
+    if length < window or all(lm is None for lm in landmarks):
+        return float("nan")
+    angles = face.head_pose(filled_landmarks(landmarks))
+    clip = {"angles": angles[:length], "features": np.asarray(features)[:length]}
+    return capp_shift_table(score, [clip], window, (0,), stride)[0]

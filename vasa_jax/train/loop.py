@@ -54,7 +54,11 @@ def make_task(config):
         from vasa_jax.train.liveportrait import LivePortraitTask
 
         return LivePortraitTask(config)
-    raise ValueError(f"unknown task {config.task!r}; available: 'stage1', 'stage2', 'liveportrait'")
+    if config.task == "capp":
+        from vasa_jax.train.capp import CappTask
+
+        return CappTask(config)
+    raise ValueError(f"unknown task {config.task!r}; available: 'stage1', 'stage2', 'liveportrait', 'capp'")
 
 
 def create_sharded_state(task, config, mesh):
