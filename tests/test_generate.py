@@ -486,3 +486,42 @@ def test_mp3_speech_goes_through(checkpoints, portrait, tmp_path):
     decoded = video.read_mp4(out)
     assert len(decoded["frames"]) == num_video_frames(int(1.5 * SAMPLE_RATE))
     assert decoded["audio_duration"] == pytest.approx(1.5, abs=0.03)
+
+
+@pytest.mark.skipif(not os.environ.get("VASA_MEDIA_DIR"), reason="VASA_MEDIA_DIR is not set (the shared real videos)")
+def test_the_benchmark_generates_from_each_real_videos_first_frame_and_speech(checkpoints, tmp_path):
+    """`python -m vasa_jax.evaluate benchmark` (VASA-1's protocol) with the tiny workdirs on a 2 s real clip: its
+    first frame becomes the portrait, its speech the audio, one video per seed with the speech's length and a
+    sidecar naming the portrait and seed; the report has both rows (the real clip's delta-P measured) and the
+    protocol; a video without speech is left out with the reason."""
+    import json
+
+    from vasa_jax import audio
+
+    _, stage1, stage2 = checkpoints
+    media = os.environ["VASA_MEDIA_DIR"]
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    source = os.path.join(media, "video", "real3dportrait_May_5s.mp4")
+    frames = np.stack(list(video.iter_video_frames(source)))[:50]
+    video.write_mp4(videos / "may.mp4", frames, audio=audio.load_audio(source)[: 50 * 640])
+    video.write_mp4(videos / "silent.mp4", frames[:30])
+    out = tmp_path / "bench"
+    result = _run("vasa_jax.evaluate", "benchmark", f"--stage1={stage1}", f"--stage2={stage2}",
+                  f"--videos={videos}", f"--out={out}", "--samples=2", "--num_steps=2", check=False)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    report = json.load(open(out / "report.json"))
+    assert report["protocol"]["samples_per_audio"] == 2
+    assert list(report["protocol"]["left_out"]) == [str(videos / "silent.mp4")]
+    assert sorted(os.listdir(out / "generated")) == ["may_s0.mp4", "may_s0.mp4.json", "may_s1.mp4",
+                                                       "may_s1.mp4.json"]
+    for seed in (0, 1):
+        path = str(out / "generated" / f"may_s{seed}.mp4")
+        assert len(list(video.iter_video_frames(path))) == 50
+        assert abs(len(audio.load_audio(path)) - 50 * 640) <= 640
+        sidecar = json.load(open(path + ".json"))
+        assert sidecar["seed"] == seed and sidecar["image"] == str(out / "portraits" / "may.png")
+    assert set(report["generated"]["videos"]) == {str(out / "generated" / f"may_s{s}.mp4") for s in (0, 1)}
+    real = report["real"]["videos"][str(videos / "may.mp4")]
+    assert real["faces_found"] == 50 and real["pose_variation"] > 0
+    assert "S_C" in result.stdout and "CAPP" in result.stdout

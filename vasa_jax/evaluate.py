@@ -560,6 +560,49 @@ def evaluate_videos(generated: str, real: str | None = None, syncnet_path: str |
     return report
 
 
+def benchmark(pipeline, videos: str, out_dir: str, samples: int = 3, num_steps: int = 50, metric_weights=None,
+              model_name: str = "", log=print) -> dict:
+    """VASA-1's protocol on held-out real talking-head videos (`python -m vasa_jax.evaluate benchmark`): for each
+    video of `videos` (a folder or glob of mp4s with speech), its first frame is the portrait and its own speech
+    the audio; `samples` videos are generated per audio (seeds 0..samples-1; VASA-1 averages 3), written with
+    their sidecars under `out_dir/generated`, and every metric of `evaluate_videos` is computed for them against
+    the real videos (`metric_weights`: its keyword arguments for the weights). Videos without speech are listed
+    with the reason and left out."""
+    from vasa_jax import audio, video
+    from vasa_jax.data import atomic
+    from vasa_jax.generate import sidecar_path
+    from PIL import Image
+
+    portraits, generated = os.path.join(out_dir, "portraits"), os.path.join(out_dir, "generated")
+    os.makedirs(portraits, exist_ok=True)
+    os.makedirs(generated, exist_ok=True)
+    left_out = {}
+    for path in video_paths(videos):
+        stem = os.path.splitext(os.path.basename(path))[0]
+        try:
+            speech = audio.load_audio(path)
+        except ValueError as err:
+            left_out[path] = f"no speech: {err}"
+            continue
+        first = next(iter(video.iter_video_frames(path)))
+        portrait = os.path.join(portraits, stem + ".png")
+        Image.fromarray(first).save(portrait)
+        for seed in range(samples):
+            out = os.path.join(generated, f"{stem}_s{seed}.mp4")
+            result = pipeline.generate(portrait, speech, num_steps=num_steps, seed=seed)
+            video.write_mp4(out, result.frames, fps=int(result.fps), audio=speech, sample_rate=result.sample_rate)
+            atomic.write_json(sidecar_path(out), {
+                "image": os.path.abspath(portrait), "audio": os.path.abspath(path), "gaze": None, "distance": None,
+                "emotion": None, "num_steps": num_steps, "seed": seed, "crop": pipeline.crop, "paste_back": False,
+                "model": model_name})
+            log(f"generated {out} ({len(result.frames)} frames)")
+    report = evaluate_videos(generated, videos, log=log, **(metric_weights or {}))
+    report["protocol"] = {"videos": videos, "samples_per_audio": samples, "num_steps": num_steps,
+                          "portrait": "each video's first frame", "audio": "each video's own speech",
+                          "model": model_name, "left_out": left_out}
+    return report
+
+
 CAPP_SHIFTS = (0, 1, 2, 3, 4, 25)  # VASA-1's Table 3 (frames 0..4) and 1 s
 
 
@@ -589,12 +632,33 @@ def main(argv):
     from vasa_jax.sampling import MotionSampler
 
     flags_ = flags.FLAGS
+    weights = dict(syncnet_path=flags_.syncnet, arcface_path=flags_.arcface, arcface_depth=flags_.arcface_depth,
+                   i3d_path=flags_.i3d, capp_dir=flags_.capp)
+    if argv[1:] == ["benchmark"]:
+        from vasa_jax.data import atomic
+        from vasa_jax.generate import TalkingHeadPipeline
+
+        if not flags_.videos or not flags_.out or not (flags_.model or (flags_.stage1 and flags_.stage2)):
+            raise app.UsageError("benchmark mode needs --videos (held-out real mp4s), --out (a folder) and --model "
+                                 "(or --stage1 and --stage2)")
+        try:
+            if flags_.model:
+                pipeline = TalkingHeadPipeline.from_model(flags_.model)
+            else:
+                pipeline = TalkingHeadPipeline.from_workdirs(flags_.stage1, flags_.stage2)
+            report = benchmark(pipeline, flags_.videos, flags_.out, flags_.samples, flags_.num_steps, weights,
+                               flags_.model or f"{flags_.stage1} + {flags_.stage2}")
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(1)
+        atomic.write_json(os.path.join(flags_.out, "report.json"), report)
+        print(report["table"])
+        return
     if argv[1:] == ["videos"]:
         if not flags_.generated or not flags_.out:
             raise app.UsageError("videos mode needs --generated (a folder or glob of mp4s) and --out (report.json)")
         try:
-            report = evaluate_videos(flags_.generated, flags_.real, flags_.syncnet, flags_.arcface,
-                                     flags_.arcface_depth, flags_.i3d, flags_.capp)
+            report = evaluate_videos(flags_.generated, flags_.real, **weights)
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(1)
@@ -612,8 +676,8 @@ def main(argv):
         print("CAPP  " + "".join(f"{v:8.3f}" for v in report["shift"].values()))
         return
     if len(argv) > 1:
-        raise app.UsageError(f"unknown mode {' '.join(argv[1:])!r}: 'videos', 'capp_shifts', or none for the "
-                             "known-answer set")
+        raise app.UsageError(f"unknown mode {' '.join(argv[1:])!r}: 'videos', 'benchmark', 'capp_shifts', or "
+                             "none for the known-answer set")
     if not flags_.stage2:
         raise app.UsageError("the known-answer evaluation needs --stage2 (a stage-2 workdir)")
     if flags_.stage1:
@@ -641,11 +705,16 @@ if __name__ == "__main__":
     # videos mode: python -m vasa_jax.evaluate videos --generated=DIR|GLOB [--real=DIR|GLOB] --out=report.json
     flags.DEFINE_string("generated", None, "videos mode: a folder or glob of generated mp4s (with their audio)")
     flags.DEFINE_string("real", None, "videos mode: a folder or glob of real mp4s (the reference row)")
-    flags.DEFINE_string("out", None, "videos mode: where the JSON report goes")
+    flags.DEFINE_string("out", None, "videos mode: the JSON report; benchmark mode: the folder for the generated "
+                        "videos, portraits and report.json")
     flags.DEFINE_string("syncnet", None, "videos mode: SyncNet's syncnet_v2.model (LSE-C / LSE-D)")
     flags.DEFINE_string("arcface", None, "videos mode: an ArcFace iresnet state dict (CSIM)")
     flags.DEFINE_integer("arcface_depth", 50, "videos mode: the ArcFace iresnet's depth")
     flags.DEFINE_string("capp", None, "videos and capp_shifts modes: a CAPP training workdir (configs/capp.py)")
+    # benchmark mode: python -m vasa_jax.evaluate benchmark --model=DIR --videos=DIR|GLOB --out=DIR [weights]
+    flags.DEFINE_string("model", None, "benchmark mode: an exported model folder (or --stage1 and --stage2)")
+    flags.DEFINE_string("videos", None, "benchmark mode: held-out real talking-head mp4s (a folder or glob)")
+    flags.DEFINE_integer("samples", 3, "benchmark mode: generated videos per audio (VASA-1: 3)")
     # capp_shifts mode: python -m vasa_jax.evaluate capp_shifts --capp=WORKDIR [--split=test] (VASA-1's Table 3)
     flags.DEFINE_string("split", "test", "capp_shifts mode: the split of the CAPP's own data")
     flags.DEFINE_string("i3d", None, "videos mode: I3D's i3d_pretrained_400.pt (FVD_25 against --real)")
