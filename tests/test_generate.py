@@ -525,3 +525,42 @@ def test_the_benchmark_generates_from_each_real_videos_first_frame_and_speech(ch
     real = report["real"]["videos"][str(videos / "may.mp4")]
     assert real["faces_found"] == 50 and real["pose_variation"] > 0
     assert "S_C" in result.stdout and "CAPP" in result.stdout
+
+
+@pytest.mark.skipif(not os.environ.get("VASA_MEDIA_DIR"), reason="VASA_MEDIA_DIR is not set (the shared media)")
+def test_the_evaluation_notebook_runs_top_to_bottom(checkpoints, tmp_path, monkeypatch):
+    """notebooks/evaluate.ipynb executed as Colab would, on the tiny workdirs: two shared photos with 2 s of
+    speech each (with and without a requested gaze), the plots, the metric table, and the benchmark on a real
+    clip; its outputs include the table, and the videos it wrote decode."""
+    nbclient = pytest.importorskip("nbclient")
+    import nbformat
+
+    from vasa_jax import audio
+
+    _, stage1, stage2 = checkpoints
+    media = os.environ["VASA_MEDIA_DIR"]
+    bench = tmp_path / "bench_videos"
+    bench.mkdir()
+    source = os.path.join(media, "video", "real3dportrait_May_5s.mp4")
+    frames = np.stack(list(video.iter_video_frames(source)))[:50]
+    video.write_mp4(bench / "may.mp4", frames, audio=audio.load_audio(source)[: 50 * 640])
+    for key, value in {"VASA_STAGE1": stage1, "VASA_STAGE2": stage2, "VASA_SECONDS": "2", "VASA_NUM_STEPS": "2",
+                       "VASA_SAMPLES": "1", "VASA_BENCH_VIDEOS": str(bench), "VASA_OUT": str(tmp_path / "out"),
+                       "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}.items():
+        monkeypatch.setenv(key, value)
+    notebook = nbformat.read(os.path.join(ROOT, "notebooks", "evaluate.ipynb"), as_version=4)
+    nbclient.NotebookClient(notebook, timeout=900, kernel_name="python3",
+                            resources={"metadata": {"path": ROOT}}).execute()
+    text = "\n".join(output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
+                     for output in cell.get("outputs", []))
+    assert "JAX backend: cpu" in text
+    assert text.count("S_C") >= 2 and "CAPP" in text and "FVD_25" in text  # the table, twice (videos, benchmark)
+    images = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.get("outputs", [])
+              if "image/png" in output.get("data", {})]
+    assert len(images) == 1  # the mouth / loudness / pose figure
+    written = sorted(os.listdir(tmp_path / "out" / "generated"))
+    assert written == ["pair0.mp4", "pair0.mp4.json", "pair0_gaze.mp4", "pair0_gaze.mp4.json", "pair1.mp4",
+                       "pair1.mp4.json", "pair1_gaze.mp4", "pair1_gaze.mp4.json"]
+    for name in ("pair0.mp4", "pair1_gaze.mp4"):
+        assert len(list(video.iter_video_frames(tmp_path / "out" / "generated" / name))) == 50
+    assert os.path.isfile(tmp_path / "out" / "benchmark" / "report.json")
