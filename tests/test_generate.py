@@ -488,6 +488,17 @@ def test_mp3_speech_goes_through(checkpoints, portrait, tmp_path):
     assert decoded["audio_duration"] == pytest.approx(1.5, abs=0.03)
 
 
+def _real_clip(folder):
+    """`folder`/may.mp4: the first 2 s (50 frames) of a shared real talking-head video with its speech."""
+    from vasa_jax import audio
+
+    folder.mkdir()
+    source = os.path.join(os.environ["VASA_MEDIA_DIR"], "video", "real3dportrait_May_5s.mp4")
+    frames = np.stack(list(video.iter_video_frames(source)))[:50]
+    video.write_mp4(folder / "may.mp4", frames, audio=audio.load_audio(source)[: 50 * 640])
+    return frames
+
+
 @pytest.mark.skipif(not os.environ.get("VASA_MEDIA_DIR"), reason="VASA_MEDIA_DIR is not set (the shared real videos)")
 def test_the_benchmark_generates_from_each_real_videos_first_frame_and_speech(checkpoints, tmp_path):
     """`python -m vasa_jax.evaluate benchmark` (VASA-1's protocol) with the tiny workdirs on a 2 s real clip: its
@@ -499,12 +510,8 @@ def test_the_benchmark_generates_from_each_real_videos_first_frame_and_speech(ch
     from vasa_jax import audio
 
     _, stage1, stage2 = checkpoints
-    media = os.environ["VASA_MEDIA_DIR"]
     videos = tmp_path / "videos"
-    videos.mkdir()
-    source = os.path.join(media, "video", "real3dportrait_May_5s.mp4")
-    frames = np.stack(list(video.iter_video_frames(source)))[:50]
-    video.write_mp4(videos / "may.mp4", frames, audio=audio.load_audio(source)[: 50 * 640])
+    frames = _real_clip(videos)
     video.write_mp4(videos / "silent.mp4", frames[:30])
     out = tmp_path / "bench"
     result = _run("vasa_jax.evaluate", "benchmark", f"--stage1={stage1}", f"--stage2={stage2}",
@@ -535,15 +542,9 @@ def test_the_evaluation_notebook_runs_top_to_bottom(checkpoints, tmp_path, monke
     nbclient = pytest.importorskip("nbclient")
     import nbformat
 
-    from vasa_jax import audio
-
     _, stage1, stage2 = checkpoints
-    media = os.environ["VASA_MEDIA_DIR"]
     bench = tmp_path / "bench_videos"
-    bench.mkdir()
-    source = os.path.join(media, "video", "real3dportrait_May_5s.mp4")
-    frames = np.stack(list(video.iter_video_frames(source)))[:50]
-    video.write_mp4(bench / "may.mp4", frames, audio=audio.load_audio(source)[: 50 * 640])
+    _real_clip(bench)
     for key, value in {"VASA_STAGE1": stage1, "VASA_STAGE2": stage2, "VASA_SECONDS": "2", "VASA_NUM_STEPS": "2",
                        "VASA_SAMPLES": "1", "VASA_BENCH_VIDEOS": str(bench), "VASA_OUT": str(tmp_path / "out"),
                        "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}.items():

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from test_syncnet import randomise_statistics
 from vasa_jax import video_metrics
 from vasa_jax.models import i3d
 
@@ -97,15 +98,11 @@ def relative_error(ours, reference):
 def imported(tmp_path_factory):
     torch.manual_seed(0)
     network = TorchI3D()
-    with torch.no_grad():  # weights at 1/sqrt(fan in) keep activations O(1) through 40 layers; BN statistics random
+    with torch.no_grad():  # He-scaled weights keep the activations O(1) through 40 layers
         for name, tensor in network.state_dict().items():
             if name.endswith("conv3d.weight"):
                 tensor.copy_(torch.randn(tensor.shape) * math.sqrt(2.0 / tensor[0].numel()))
-            elif name.endswith("running_var"):
-                tensor.copy_(0.5 + torch.rand(tensor.shape))
-            elif name.endswith(("running_mean", "bias")) or (name.endswith("weight") and tensor.ndim == 1):
-                tensor.copy_(0.1 * torch.randn(tensor.shape) + (1.0 if name.endswith("weight") else 0.0))
-    network.eval()
+    randomise_statistics(network)
     path = str(tmp_path_factory.mktemp("i3d") / "i3d_pretrained_400.pt")
     torch.save(network.state_dict(), path)
     return network, i3d.load_i3d(path)

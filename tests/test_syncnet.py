@@ -60,17 +60,22 @@ def relative_error(ours, reference):
     return float(np.linalg.norm(ours - reference) / np.linalg.norm(reference))
 
 
-@pytest.fixture(scope="module")
-def imported(tmp_path_factory):
-    torch.manual_seed(0)
-    network = TorchSyncNet()
-    with torch.no_grad():  # BatchNorm statistics and affine terms random, so a swapped or unread one shows
+def randomise_statistics(network):
+    """BatchNorm statistics, affine terms and biases random, so a swapped or unread one shows in a parity test."""
+    with torch.no_grad():
         for name, tensor in network.state_dict().items():
             if name.endswith("running_var"):
                 tensor.copy_(0.5 + torch.rand(tensor.shape))
             elif name.endswith(("running_mean", "bias")) or (name.endswith("weight") and tensor.ndim == 1):
                 tensor.copy_(0.1 * torch.randn(tensor.shape) + (1.0 if name.endswith("weight") else 0.0))
     network.eval()
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+    torch.manual_seed(0)
+    network = TorchSyncNet()
+    randomise_statistics(network)
     path = str(tmp_path_factory.mktemp("syncnet") / "syncnet_v2.model")
     torch.save(network.state_dict(), path)
     return network, syncnet.load_syncnet(path)

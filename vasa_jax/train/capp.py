@@ -22,6 +22,9 @@ from vasa_jax.train.loop import training_iterator
 from vasa_jax.train.stage1 import make_optimizer
 
 
+ONE_SECOND = int(round(audio.VIDEO_FPS))  # frames
+
+
 class CappTask:
     def __init__(self, config):
         if config.data.source not in ("prepared", "synthetic"):
@@ -74,9 +77,14 @@ class CappTask:
 
     @functools.cached_property
     def eval_clips(self):
-        """The held-out split's clips with speech; the training split's when it has none (said in the metrics)."""
-        clips = self.clips(self.config.data.eval_split)
-        return (clips, 1.0) if clips else (self.clips("train"), 0.0)
+        """(clips, held out?): the held-out split's clips with at least a window plus 1 s of speech (what the
+        shifted pairs need); the training split's when the held-out one has none (1.0 / 0.0 in the metrics)."""
+        needed = self.model_cfg.window + ONE_SECOND
+        for split, held_out in ((self.config.data.eval_split, 1.0), ("train", 0.0)):
+            clips = [clip for clip in self.clips(split) if len(clip["angles"]) >= needed]
+            if clips:
+                return clips, held_out
+        raise ValueError(f"no clip with at least {needed} frames of speech to evaluate CAPP on")
 
     # ------------------------------------------------------------------------------------------- evaluation
     @functools.cached_property
@@ -92,9 +100,8 @@ class CappTask:
         params = state["params"]["capp"]
         score = lambda pose, sound: np.asarray(self._score_jit(params, pose, sound))  # noqa: E731
         window = self.model_cfg.window
-        shift = int(round(audio.VIDEO_FPS))  # 1 s
-        table = video_metrics.capp_shift_table(score, clips, window, (0, shift))
-        result = {"capp_true": table[0], "capp_audio_shifted_1s": table[shift], "eval_is_held_out": held_out}
+        table = video_metrics.capp_shift_table(score, clips, window, (0, ONE_SECOND))
+        result = {"capp_true": table[0], "capp_audio_shifted_1s": table[ONE_SECOND], "eval_is_held_out": held_out}
         source = capp_data.CappWindowSource(clips, window, max(1, window // 3))
         items = [source[i] for i in range(min(len(source), self.config.data.eval_windows))]
         pose = np.concatenate([item["pose"] for item in items])
