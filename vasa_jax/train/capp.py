@@ -17,7 +17,7 @@ import optax
 from vasa_jax import audio, video_metrics
 from vasa_jax.checkpoints import capp_model_config
 from vasa_jax.data import capp as capp_data
-from vasa_jax.models.capp import CAPP, clip_loss, example_inputs
+from vasa_jax.models.capp import CAPP, POSE_SCALE_DEGREES, clip_loss, example_inputs
 from vasa_jax.train.loop import training_iterator
 from vasa_jax.train.stage1 import make_optimizer
 
@@ -73,7 +73,15 @@ class CappTask:
         data = self.config.data
         source = capp_data.CappWindowSource(self.clips("train"), self.model_cfg.window, data.stride,
                                             data.group, data.group_spacing)
-        return training_iterator(source, self.config.data, process_index, process_count)
+        jitter = data.pose_jitter_degrees / POSE_SCALE_DEGREES
+
+        def add_jitter(item, rng):
+            # The pose an evaluation reads from frames jitters from frame to frame (MediaPipe's estimate); a CAPP
+            # trained on smoother pose than it will read is brittle to it.
+            return {**item, "pose": (item["pose"] + rng.normal(0.0, jitter, item["pose"].shape)).astype(np.float32)}
+
+        return training_iterator(source, data, process_index, process_count,
+                                 random_transform=add_jitter if jitter > 0 else None)
 
     @functools.cached_property
     def eval_clips(self):
