@@ -20,17 +20,21 @@ from vasa_jax.train import checkpointing, metrics as metrics_lib, sharding
 
 
 def training_iterator(source, data, process_index: int, process_count: int, transform=None, random_transform=None):
-    """Shuffled, repeated, per-process-sharded grain batches of this process's share of `data.batch_size`.
-    `random_transform(item, rng)` (augmentation) gets a generator seeded by data.seed and the item's position in
-    the repeated sequence, so every epoch draws new augmentations and a restored iterator repeats them exactly."""
+    """Shuffled, repeated batches, each process yielding its contiguous share of the global batch: global batch s
+    is items [s * B, (s + 1) * B) of one shuffled stream of `source`, and process p holds items
+    [s * B + p * b, s * B + (p + 1) * b) of it (b = B / processes), so the examples of a step and their order do
+    not depend on how many processes (or devices) share it. `random_transform(item, rng)` (augmentation) runs on the
+    global stream: its generator is seeded by data.seed and the item's global position, so every epoch draws new
+    augmentations, every host's items get their own, and a restored iterator repeats them exactly."""
     if data.batch_size % process_count:
         raise ValueError(f"data.batch_size {data.batch_size} is not divisible by {process_count} processes")
-    dataset = grain.MapDataset.source(source).shuffle(seed=data.seed).repeat()[process_index::process_count]
+    dataset = grain.MapDataset.source(source).shuffle(seed=data.seed).repeat()
     if random_transform is not None:
         dataset = dataset.random_map(random_transform, seed=data.seed)
     if transform is not None:
         dataset = dataset.map(transform)
-    dataset = dataset.batch(data.batch_size // process_count, drop_remainder=True)
+    # Consecutive per-process batches of the global stream; process p takes every process_count-th from the p-th.
+    dataset = dataset.batch(data.batch_size // process_count, drop_remainder=True)[process_index::process_count]
     return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=data.num_threads, prefetch_buffer_size=2)))
 
 
