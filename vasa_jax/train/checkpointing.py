@@ -7,6 +7,7 @@ resume would pick up. Reading a trained network back for inference is `vasa_jax.
 """
 
 import json
+import os
 from typing import Any
 
 import grain
@@ -42,14 +43,19 @@ class Checkpointer:
 
     def restore(self, step: int, abstract_state: Any, iterator: Any) -> Any:
         """Restore `step` onto the shardings carried by `abstract_state` (jax.ShapeDtypeStruct leaves with
-        `.sharding`), and move `iterator` to the saved position. Returns the state."""
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state),
-                data=grain.checkpoint.CheckpointRestore(iterator),
-            ),
-        )
+        `.sharding`), and move `iterator` to the saved position. Returns the state.
+
+        A checkpoint written by another number of processes restores too: every process's iterator stands at the
+        same global position (`loop.training_iterator` makes a step's batch independent of the topology), so
+        that position, read from the saved processes' files, is every new process's."""
+        data_dir = os.path.join(self.directory, str(step), "data")
+        own = os.path.join(data_dir, f"process_{jax.process_index()}-of-{jax.process_count()}.json")
+        if os.path.exists(own):
+            restored = self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), data=grain.checkpoint.CheckpointRestore(iterator)))
+            return restored["state"]
+        restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+        iterator.set_state(saved_position(data_dir))
         return restored["state"]
 
     def wait(self) -> None:
@@ -58,6 +64,23 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def saved_position(data_dir: str) -> dict:
+    """The data iterator's position saved in a step's `data` folder by every process that wrote it; ValueError
+    when there is none or the processes' positions differ (then no other process count can resume it)."""
+    import glob
+
+    states = []
+    for path in sorted(glob.glob(os.path.join(data_dir, "process_*-of-*.json"))):
+        with open(path) as fh:
+            states.append(json.load(fh))
+    if not states:
+        raise ValueError(f"{data_dir} holds no data iterator state")
+    if any(state != states[0] for state in states):
+        raise ValueError(f"the processes that wrote {data_dir} stood at different data positions {states}; "
+                         "resume with the process count that wrote it")
+    return states[0]
 
 
 def abstract_with_shardings(abstract: Any, shardings: Any) -> Any:
