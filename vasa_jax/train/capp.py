@@ -1,5 +1,5 @@
 """The CAPP training task (`vasa_jax.models.capp`): VASA-1's contrastive audio-pose model on a prepared real-video
-dataset, with the interface of the other tasks so the generic loop shards, checkpoints and resumes it.
+dataset (or the synthetic speakers), with the interface of the other tasks so the generic loop shards, checkpoints and resumes it.
 
 One step: a batch of 3 s windows (pose and audio of the same window are the positive pairs, every other window of
 the batch a negative), CLIP's symmetric cross-entropy with a learned temperature. Evaluation on held-out windows
@@ -20,7 +20,6 @@ from vasa_jax.data import capp as capp_data
 from vasa_jax.models.capp import CAPP, POSE_SCALE_DEGREES, clip_loss, example_inputs
 from vasa_jax.train.loop import training_iterator
 from vasa_jax.train.stage1 import make_optimizer
-
 
 ONE_SECOND = int(round(audio.VIDEO_FPS))  # frames
 
