@@ -481,39 +481,31 @@ def evaluate_videos(generated: str, real: str | None = None, syncnet_path: str |
     from vasa_jax import audio, video, video_metrics
     from vasa_jax.generate import load_image, sidecar_path
 
-    reasons, syncnet_variables, arcface = {}, None, None
-    if syncnet_path:
-        from vasa_jax.models.syncnet import load_syncnet
+    from vasa_jax.checkpoints import load_capp
+    from vasa_jax.models.arcface import load_arcface_params
+    from vasa_jax.models.i3d import load_i3d
+    from vasa_jax.models.syncnet import load_syncnet
 
-        try:
-            syncnet_variables = load_syncnet(syncnet_path)
-        except (OSError, ValueError) as err:
-            reasons["lse"] = f"SyncNet weights: {err}"
-    if arcface_path:
-        from vasa_jax.models.arcface import load_arcface_params
+    reasons = {}
 
+    def load(path, metric, what, loader):
+        """loader(path), or None with the failure as the metric's reason (None too when no path was given)."""
+        if not path:
+            return None
         try:
-            arcface = (load_arcface_params(arcface_path, arcface_depth), arcface_depth)
+            return loader(path)
         except (OSError, ValueError) as err:
-            reasons["csim"] = f"ArcFace weights: {err}"
-    capp = None
-    if capp_dir:
-        from vasa_jax.checkpoints import load_capp
+            reasons[metric] = f"{what}: {err}"
+            return None
 
-        try:
-            capp_model = load_capp(capp_dir)
-            capp = (video_metrics.capp_scorer(capp_model), capp_model.audio_encoder, capp_model.model_cfg.window)
-        except (OSError, ValueError) as err:
-            reasons["capp"] = f"CAPP model: {err}"
-    i3d_variables = None
-    if i3d_path:
-        from vasa_jax.models.i3d import load_i3d
-
-        try:
-            i3d_variables = load_i3d(i3d_path)
-        except (OSError, ValueError) as err:
-            reasons["fvd"] = f"I3D weights: {err}"
-    elif "fvd" not in reasons:
+    syncnet_variables = load(syncnet_path, "lse", "SyncNet weights", load_syncnet)
+    arcface = load(arcface_path, "csim", "ArcFace weights",
+                   lambda path: (load_arcface_params(path, arcface_depth), arcface_depth))
+    capp_model = load(capp_dir, "capp", "CAPP model", load_capp)
+    capp = None if capp_model is None else (video_metrics.capp_scorer(capp_model), capp_model.audio_encoder,
+                                            capp_model.model_cfg.window)
+    i3d_variables = load(i3d_path, "fvd", "I3D weights", load_i3d)
+    if not i3d_path:
         reasons["fvd"] = "no I3D weights given (--i3d=i3d_pretrained_400.pt)"
     report, clip_features = {}, {}
     for name, spec in (("generated", generated), ("real", real)):

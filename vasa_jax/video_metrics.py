@@ -356,7 +356,7 @@ def fvd_clips(frames: np.ndarray, clip_frames: int = FVD_CLIP_FRAMES) -> np.ndar
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be [T, H, W, 3], got {frames.shape}")
     count = len(frames) // clip_frames
-    t, h, w, _ = frames.shape
+    _, h, w, _ = frames.shape
     scale = INPUT_SIZE / min(h, w)
     size = (INPUT_SIZE, int(np.ceil(w * scale))) if h <= w else (int(np.ceil(h * scale)), INPUT_SIZE)
     clips = []
