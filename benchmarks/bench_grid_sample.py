@@ -2,12 +2,12 @@
 
 Times forward and forward+backward (gradients w.r.t. volume and grid of
 ``sum(out * cotangent)``) for a full-resolution face-vid2vid style warp:
-volume [1, 16, 64, 64, C] sampled at a [1, 16, 64, 64, 3] grid of random
-points in [-1.1, 1.1].  Reports the median over ``--repeats`` runs after a
+volume [B, 16, 64, 64, C] sampled at a [B, 16, 64, 64, 3] grid of random
+points in [-1.1, 1.1] (B = --batch, default 1).  Reports the median over ``--repeats`` runs after a
 warmup, in milliseconds.
 
 Usage:
-  python benchmarks/bench_grid_sample.py [--repeats 10] [--sizes 32,96]
+  python benchmarks/bench_grid_sample.py [--repeats 10] [--sizes 32,96] [--batch 1]
       [--autodiff]   # also time plain autodiff through the forward
 """
 
@@ -48,20 +48,18 @@ def _median_ms(fn, repeats, warmup_s=1.0):
 def _autodiff_grid_sample_3d(volume, grid, align_corners, padding_mode):
     """Same forward math as grid_sample_3d, unchunked, differentiated by autodiff."""
     b, d, h, w, c = volume.shape
-    n_out = grid.shape[1] * grid.shape[2] * grid.shape[3]
-    base = jnp.repeat(jnp.arange(b, dtype=jnp.int32) * (d * h * w), n_out)
-    out = warp._interpolate(
-        volume.reshape(-1, c), grid.reshape(-1, 3).astype(jnp.float32), base,
-        (d, h, w), align_corners, padding_mode)
+    sample = lambda table, coords: warp._interpolate(
+        table, coords, (d, h, w), align_corners, padding_mode)
+    out = jax.vmap(sample)(volume.reshape(b, -1, c), grid.reshape(b, -1, 3).astype(jnp.float32))
     return out.reshape(*grid.shape[:4], c)
 
 
 def bench_size(channels, repeats, spatial=(16, 64, 64), autodiff=False,
-               align_corners=False, padding_mode="zeros"):
+               align_corners=False, padding_mode="zeros", batch=1):
     rng = np.random.default_rng(0)
-    vol_np = rng.standard_normal((1, *spatial, channels)).astype(np.float32)
-    grid_np = rng.uniform(-1.1, 1.1, (1, *spatial, 3)).astype(np.float32)
-    cot_np = rng.standard_normal((1, *spatial, channels)).astype(np.float32)
+    vol_np = rng.standard_normal((batch, *spatial, channels)).astype(np.float32)
+    grid_np = rng.uniform(-1.1, 1.1, (batch, *spatial, 3)).astype(np.float32)
+    cot_np = rng.standard_normal((batch, *spatial, channels)).astype(np.float32)
     rows = []
 
     # --- JAX ---------------------------------------------------------------
@@ -116,6 +114,7 @@ def main(argv=None):
                         help="also time plain autodiff (no custom_vjp)")
     parser.add_argument("--padding-mode", default="zeros", choices=("zeros", "border"))
     parser.add_argument("--align-corners", action="store_true")
+    parser.add_argument("--batch", type=int, default=1)
     args = parser.parse_args(argv)
 
     print(f"jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} "
@@ -126,10 +125,11 @@ def main(argv=None):
     print("-" * len(header))
     for c in (int(s) for s in args.sizes.split(",")):
         rows = bench_size(c, args.repeats, autodiff=args.autodiff,
-                          align_corners=args.align_corners, padding_mode=args.padding_mode)
+                          align_corners=args.align_corners, padding_mode=args.padding_mode,
+                          batch=args.batch)
         torch_f, torch_fb = rows[-1][1], rows[-1][2]
         for name, t_f, t_fb in rows:
-            print(f"{str([1, 16, 64, 64, c]):<22} {name:<13} {t_f:9.2f} {t_fb:11.2f} "
+            print(f"{str([args.batch, 16, 64, 64, c]):<22} {name:<13} {t_f:9.2f} {t_fb:11.2f} "
                   f"{torch_f / t_f:7.2f} {torch_fb / t_fb:7.2f}")
     print("speedup columns = torch time / impl time (>1 means faster than torch)")
 

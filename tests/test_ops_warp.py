@@ -96,8 +96,8 @@ def test_chunked_backward_path_matches_torch(monkeypatch, padding_mode):
     """Forces the lax.scan chunked backward (incl. a padded last chunk)."""
     monkeypatch.setattr(warp, "_CHUNK_ELEMENTS", 16)
     monkeypatch.setattr(warp, "_MIN_CHUNK", 4)
-    # 2 examples x 3*5*5 = 150 points -> 38 chunks of 4 points (16 / C=4),
-    # the last one padded; chunks straddle the two examples.
+    # Each of the 2 examples has 3*5*5 = 75 points -> 19 chunks of 4 points
+    # (16 / C=4), the last one padded.
     x, grid, cot = _random_case(7, (2, 3, 4, 5, 4), (3, 5, 5))
     _compare(grid_sample_3d, x, grid, cot, padding_mode, False)
 
@@ -164,3 +164,27 @@ def test_far_out_of_range_points_are_zero():
 def test_invalid_arguments_raise(fn, x_shape, grid_shape, kwargs, match):
     with pytest.raises(ValueError, match=match):
         fn(np.zeros(x_shape, np.float32), np.zeros(grid_shape, np.float32), **kwargs)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_batch_sharded_sampling_moves_nothing_between_devices(monkeypatch, ndim):
+    """With the batch split over 8 devices, the forward and the backward (input and grid gradients, through the
+    chunked scan) compile to programs without a single collective: every example is sampled on its own device.
+    (Folding the batch into one row table, as before, all-gathered the whole batch's input to every device and
+    all-reduced input-sized gradient tables.)"""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from vasa_jax.train import sharding
+
+    mesh = sharding.make_mesh((8,), ("data",))
+    split = NamedSharding(mesh, P("data"))
+    spatial = (4, 32, 32)[-ndim:]
+    x = jax.ShapeDtypeStruct((8, *spatial, 16), jnp.float32, sharding=split)
+    grid = jax.ShapeDtypeStruct((8, *spatial, ndim), jnp.float32, sharding=split)
+    sample = grid_sample_3d if ndim == 3 else grid_sample_2d
+    monkeypatch.setattr(warp, "_CHUNK_ELEMENTS", 2**12)  # 256 points per chunk: the backward takes the scan
+    forward = jax.jit(sample, out_shardings=split)
+    backward = jax.jit(jax.grad(lambda x, g: jnp.sum(sample(x, g) ** 2), argnums=(0, 1)), out_shardings=(split, split))
+    for name, fn in (("forward", forward), ("backward", backward)):
+        moved = sharding.collectives(fn.lower(x, grid).compile().as_text())
+        assert moved == [], f"{name} moves {moved}"

@@ -64,14 +64,14 @@ def perceptual_loss(
     """Multi-scale perceptual loss: sum over pyramid levels and feature layers of weight * mean |f(pred) - f(target)|.
 
     `features_fn` maps images to a dict of feature maps (e.g. VGG19 relu1_1 ... relu5_1); the target's features
-    carry no gradient. Prediction and target are run through the network in one batch.
+    carry no gradient. Prediction and target are run through the network in one batch, joined example by example
+    (`ops.join_examples`: a batch-sharded step keeps them on their devices).
     """
     total = 0.0
-    batch = prediction.shape[0]
     for pred_level, target_level in zip(image_pyramid(prediction, num_scales), image_pyramid(target, num_scales)):
-        features = features_fn(jnp.concatenate([pred_level, jax.lax.stop_gradient(target_level)], axis=0))
+        features = features_fn(ops.join_examples([pred_level[:, None], jax.lax.stop_gradient(target_level)[:, None]]))
         for name, weight in layer_weights.items():
-            pred_f, target_f = features[name][:batch], features[name][batch:]
+            pred_f, target_f = (part[:, 0] for part in ops.split_examples(features[name], [1, 1]))
             total = total + weight * l1(pred_f, jax.lax.stop_gradient(target_f))
     return total
 
@@ -172,11 +172,12 @@ def pairwise_transfer_loss(pose_transferred, dynamics_transferred):
 
 def identity_loss(embed_fn: Callable[[jax.Array], jax.Array], reference, reenacted):
     """VASA's cross-identity loss: 1 - cosine similarity of face embeddings of the source image and of the source
-    re-enacted with another person's motion. The reference's embedding carries no gradient."""
-    batch = reference.shape[0]
-    embeddings = embed_fn(jnp.concatenate([jax.lax.stop_gradient(reference), reenacted], axis=0))
+    re-enacted with another person's motion. The reference's embedding carries no gradient. Both go through the
+    network in one batch joined example by example (`ops.join_examples`)."""
+    embeddings = embed_fn(ops.join_examples([jax.lax.stop_gradient(reference)[:, None], reenacted[:, None]]))
     embeddings = embeddings / (jnp.linalg.norm(embeddings, axis=-1, keepdims=True) + 1e-8)
-    cosine = jnp.sum(jax.lax.stop_gradient(embeddings[:batch]) * embeddings[batch:], axis=-1)
+    reference_embedding, reenacted_embedding = (part[:, 0] for part in ops.split_examples(embeddings, [1, 1]))
+    cosine = jnp.sum(jax.lax.stop_gradient(reference_embedding) * reenacted_embedding, axis=-1)
     return jnp.mean(1.0 - cosine)
 
 

@@ -3,6 +3,7 @@ blocks and down/up-sampling blocks in 2D and 3D, all channels-last.
 
 Every kernel carries logical axis names so that the trainer can shard parameters with rules from the config
 (`conv_in`/`conv_out` for convolutions, `embed`/`mlp` for dense layers). Norm scales and biases stay replicated.
+Block outputs are constrained to the batch sharding (`batch_sharded`) when the trainer traces them on a mesh.
 """
 
 import dataclasses
@@ -22,6 +23,20 @@ def config_from_mapping(cls, config: Any, what: str):
     if unknown:
         raise ValueError(f"unknown {what} config keys: {unknown}; known keys: {sorted(fields)}")
     return cls(**values)
+
+
+BATCH = "batch"  # the logical name of every activation's leading axis; the trainer maps it to the batch mesh axes
+
+
+def batch_sharded(x):
+    """x with its leading axis constrained to the logical `BATCH` sharding: a no-op unless the trainer traces the
+    model with a mesh and logical rules set (`vasa_jax.train.sharding.activation_context`).
+
+    Without it the partitioner may meet a convolution whose kernel is split over the fsdp axis by resharding the
+    activations instead of gathering the (much smaller) kernel: measured on the stage-1 step, all-gathers of whole
+    batches of feature maps to every device. With the blocks' outputs pinned to the batch split, every device keeps
+    its own examples and only kernels move."""
+    return nn.with_logical_constraint(x, (BATCH,) + (None,) * (x.ndim - 1))
 
 
 def conv_kernel_init(ndim: int):
@@ -152,7 +167,7 @@ class ResBlock(nn.Module):
         h = Conv(channels, self.kernel, self.ndim)(h)
         h = nn.relu(GroupNorm(channels)(h))
         h = Conv(channels, self.kernel, self.ndim)(h)
-        return x + h
+        return batch_sharded(x + h)
 
 
 def pool(x, factors: Sequence[int]):
@@ -181,7 +196,7 @@ class DownBlock(nn.Module):
         factors = self.factors or (2,) * self.ndim
         x = Conv(self.features, 3, self.ndim)(x)
         x = nn.relu(GroupNorm(self.features)(x))
-        return pool(x, factors)
+        return batch_sharded(pool(x, factors))
 
 
 class UpBlock(nn.Module):
@@ -196,7 +211,7 @@ class UpBlock(nn.Module):
         factors = self.factors or (2,) * self.ndim
         x = upsample(x, factors)
         x = Conv(self.features, 3, self.ndim)(x)
-        return nn.relu(GroupNorm(self.features)(x))
+        return batch_sharded(nn.relu(GroupNorm(self.features)(x)))
 
 
 class Hourglass(nn.Module):
@@ -215,6 +230,7 @@ class Hourglass(nn.Module):
     @nn.compact
     def __call__(self, x):
         factors = tuple(self.factors or (2,) * self.ndim)
+        x = batch_sharded(x)
         skips = [x]
         h = x
         for level in range(self.num_levels):

@@ -3,6 +3,7 @@
 All functions are pure ``jnp`` (jit/vmap/grad friendly) and channels-last.
 """
 
+from vasa_jax.ops.batch import join_examples, split_examples
 from vasa_jax.ops.keypoints import (
     degrees_to_headpose_bin,
     euler_from_rotation_matrix,
@@ -29,6 +30,7 @@ __all__ = [
     "grid_sample_2d",
     "grid_sample_3d",
     "headpose_bins_to_degrees",
+    "join_examples",
     "keypoint_jacobian",
     "keypoints_to_gaussian_2d",
     "keypoints_to_gaussian_volume",
@@ -36,6 +38,7 @@ __all__ = [
     "make_coordinate_grid_3d",
     "rotation_matrix",
     "sample_tps_params",
+    "split_examples",
     "tps_jacobian",
     "tps_transform_points",
     "tps_warp_image",

@@ -9,12 +9,17 @@ both ``align_corners`` settings, in channels-last layout.
 Implementation notes (all measured on XLA:CPU, see
 ``benchmarks/bench_grid_sample.py``):
 
-* The input is flattened to a ``[B * prod(spatial), C]`` row table and every
-  corner tap becomes one row gather with a precomputed flat index.  The batch
-  is folded into that index (row offset ``b * prod(spatial)``) instead of
-  ``jax.vmap``-ing the gather: a vmapped gather/scatter carries a 2-D
-  (batch, row) index per tap, which measured ~30% slower end to end.  The
-  per-point index/weight math is batch-agnostic elementwise code.
+* Each example's input is flattened to a ``[prod(spatial), C]`` row table and
+  every corner tap becomes one row gather with a precomputed flat index; the
+  sampler is ``jax.vmap``-ed over the batch.  The vmapped gathers and scatters
+  carry the batch as an explicit batching dimension, which the SPMD
+  partitioner splits like any batch axis: under a batch-sharded mesh every
+  example is sampled on its own device with no cross-device traffic.  (An
+  earlier version folded the batch into one ``[B * prod(spatial), C]`` table
+  with per-example row offsets; to the partitioner those indices could point
+  anywhere, so every device all-gathered the whole batch's input and the
+  backward all-reduced input-sized gradient tables.  It was not faster: see
+  ``benchmarks/bench_grid_sample.py --batch``.)
 * Out-of-range taps are handled by clamping the index (so the gather is always
   in bounds) and zeroing the tap's weight.  Torch applies the same bounds
   test in "border" mode (a coordinate clamped to ``size - 1`` has a
@@ -41,7 +46,6 @@ import itertools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 __all__ = ["grid_sample_2d", "grid_sample_3d"]
 
@@ -111,13 +115,12 @@ def _axis_taps(coord, size, align_corners, padding_mode):
     )
 
 
-def _corners(coords, base, spatial_shape, align_corners, padding_mode):
+def _corners(coords, spatial_shape, align_corners, padding_mode):
     """Enumerates the 2**n corner taps of every sample point.
 
     Args:
       coords: [P, n] float32 normalised coordinates ordered (x, y[, z]), i.e.
         coordinate ``a`` indexes spatial dim ``n - 1 - a``.
-      base: [P] int32 row offset of each point's example in the flat table.
       spatial_shape: the n spatial extents, outermost (D or H) first.
 
     Returns:
@@ -142,7 +145,7 @@ def _corners(coords, base, spatial_shape, align_corners, padding_mode):
     corners = []
     for choice in itertools.product((0, 1), repeat=n):
         taps = [axes[a][c] for a, c in enumerate(choice)]
-        rows = functools.reduce(lambda x, y: x + y, [t[0] for t in taps], base)
+        rows = functools.reduce(lambda x, y: x + y, [t[0] for t in taps])
         weight = functools.reduce(lambda x, y: x * y, [t[1] for t in taps])
         corners.append((rows, weight, [(t[1], t[2]) for t in taps]))
     return corners, dscales
@@ -185,13 +188,13 @@ def _split_chunks(x, chunk):
     return x.reshape(num_chunks, chunk, *x.shape[1:])
 
 
-def _interpolate(table, coords, base, spatial_shape, align_corners, padding_mode):
+def _interpolate(table, coords, spatial_shape, align_corners, padding_mode):
     """Samples ``table`` [R, C] at [P, n] ``coords``; returns [P, C] in table dtype.
 
     The forward runs unchunked: it is a single loop fusion (gathers + weighted
     sum) that writes the output directly and needs no temporaries.
     """
-    corners, _ = _corners(coords, base, spatial_shape, align_corners, padding_mode)
+    corners, _ = _corners(coords, spatial_shape, align_corners, padding_mode)
     out = None
     for rows, weight, _ in corners:
         term = weight[:, None] * _gather_rows(table, rows).astype(jnp.float32)
@@ -200,14 +203,14 @@ def _interpolate(table, coords, base, spatial_shape, align_corners, padding_mode
 
 
 def _backward_chunk(
-    table, coords, base, g, d_table, spatial_shape, align_corners, padding_mode
+    table, coords, g, d_table, spatial_shape, align_corners, padding_mode
 ):
     """Backward for one chunk; accumulates into float32 ``d_table``.
 
     Returns (d_table, d_coords [P, n] float32).
     """
     n = len(spatial_shape)
-    corners, dscales = _corners(coords, base, spatial_shape, align_corners, padding_mode)
+    corners, dscales = _corners(coords, spatial_shape, align_corners, padding_mode)
 
     # d_table: each corner row receives weight * g.
     for rows, weight, _ in corners:
@@ -238,12 +241,11 @@ def _backward_chunk(
     return d_table, d_coords
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _sample_flat(table, coords, base, spatial_shape, align_corners, padding_mode):
-    """table [R, C]; coords [P, n]; base [P] int32 -> [P, C] (table dtype)."""
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _sample_flat(table, coords, spatial_shape, align_corners, padding_mode):
+    """One example: table [R, C]; coords [P, n] -> [P, C] (table dtype)."""
     out = _interpolate(
-        table, coords.astype(jnp.float32), base, spatial_shape, align_corners,
-        padding_mode,
+        table, coords.astype(jnp.float32), spatial_shape, align_corners, padding_mode
     )
     # Without the barrier a downstream reduction or dot (e.g. a loss) can
     # swallow the weighted sum into a YNNPACK fusion, forcing all 2**n
@@ -252,15 +254,15 @@ def _sample_flat(table, coords, base, spatial_shape, align_corners, padding_mode
     return _exact_barrier(out)
 
 
-def _sample_flat_fwd(table, coords, base, spatial_shape, align_corners, padding_mode):
-    out = _sample_flat(table, coords, base, spatial_shape, align_corners, padding_mode)
+def _sample_flat_fwd(table, coords, spatial_shape, align_corners, padding_mode):
+    out = _sample_flat(table, coords, spatial_shape, align_corners, padding_mode)
     # Save only the inputs: tap indices/weights are cheap to recompute, while
     # storing them would cost 2**n * P * 8 bytes.
-    return out, (table, coords, base)
+    return out, (table, coords)
 
 
 def _sample_flat_bwd(spatial_shape, align_corners, padding_mode, residuals, g):
-    table, coords, base = residuals
+    table, coords = residuals
     num_points, n = coords.shape
     channels = table.shape[-1]
     coords32 = coords.astype(jnp.float32)
@@ -270,28 +272,20 @@ def _sample_flat_bwd(spatial_shape, align_corners, padding_mode, residuals, g):
     chunk = _chunk_size(num_points, channels)
     if chunk == num_points:
         d_table, d_coords = _backward_chunk(
-            table, coords32, base, g, d_table, spatial_shape, align_corners,
-            padding_mode,
+            table, coords32, g, d_table, spatial_shape, align_corners, padding_mode
         )
     else:
         # Padded points carry a zero cotangent, so the rows they touch receive
         # exactly zero; their coordinate gradients are sliced off below.
         def step(acc, xs):
             return _backward_chunk(
-                table, xs[0], xs[1], xs[2], acc, spatial_shape, align_corners,
-                padding_mode,
+                table, xs[0], xs[1], acc, spatial_shape, align_corners, padding_mode
             )
 
-        xs = (
-            _split_chunks(coords32, chunk),
-            _split_chunks(base, chunk),
-            _split_chunks(g, chunk),
-        )
+        xs = (_split_chunks(coords32, chunk), _split_chunks(g, chunk))
         d_table, d_coords = jax.lax.scan(step, d_table, xs)
         d_coords = d_coords.reshape(-1, n)[:num_points]
-    # base is integer-valued: its cotangent is the float0 zero.
-    d_base = np.zeros(base.shape, dtype=jax.dtypes.float0)
-    return d_table.astype(table.dtype), d_coords.astype(coords.dtype), d_base
+    return d_table.astype(table.dtype), d_coords.astype(coords.dtype)
 
 
 _sample_flat.defvjp(_sample_flat_fwd, _sample_flat_bwd)
@@ -339,15 +333,18 @@ def _grid_sample(x, grid, n, align_corners, padding_mode):
     out_spatial = grid.shape[1 : n + 1]
     rows_per_example = functools.reduce(lambda a, b: a * b, spatial_shape)
     points_per_example = functools.reduce(lambda a, b: a * b, out_spatial, 1)
-    if batch * rows_per_example >= 2**31:
+    if rows_per_example >= 2**31:
         raise ValueError("grid_sample: input too large for int32 row indices")
 
-    table = x.reshape(batch * rows_per_example, channels)
-    coords = grid.reshape(batch * points_per_example, n)
-    base = jnp.repeat(
-        jnp.arange(batch, dtype=jnp.int32) * rows_per_example, points_per_example
-    )
-    out = _sample_flat(table, coords, base, spatial_shape, align_corners, padding_mode)
+    # One example per sampler call, mapped over the batch: the gathers and
+    # scatters then carry the batch as an explicit batching dimension, which
+    # the SPMD partitioner splits like any batch axis, so a batch-sharded warp
+    # stays on its devices (a table of the whole batch with per-example row
+    # offsets looked global to it: every device all-gathered every volume).
+    table = x.reshape(batch, rows_per_example, channels)
+    coords = grid.reshape(batch, points_per_example, n)
+    sample = lambda t, c: _sample_flat(t, c, spatial_shape, align_corners, padding_mode)
+    out = jax.vmap(sample)(table, coords)
     return out.reshape(batch, *out_spatial, channels)
 
 

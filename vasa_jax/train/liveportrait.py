@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from vasa_jax.models.liveportrait import LivePortrait, LivePortraitConfig, load_liveportrait
+from vasa_jax import ops
 from vasa_jax.train.stage1 import Stage1Task
 
 # Loss weights of the stage-1 config that need our own model's latents or intermediates.
@@ -87,33 +88,35 @@ class LivePortraitTask(Stage1Task):
 
     def _render(self, variables, source, motion_frames):
         """The source [B, R, R, 3] re-enacted with the motion of each frame batch in `motion_frames` (each [B, R,
-        R, 3]), in one decoder call -> [len(motion_frames) * B, R, R, 3]."""
+        R, 3]), in one decoder call (the batches joined example by example, `ops.join_examples`) -> one
+        [B, R, R, 3] render per motion batch."""
         apply = lambda method, *args: self.model.apply(variables, *args, method=method)
+        n = len(motion_frames)
+        tile = lambda x: ops.join_examples([x[:, None]] * n)
         volume, kp, pose_s, exp_s = apply(LivePortrait.encode, self.model_input(source))
-        poses, exps = apply(LivePortrait.encode_motion, self.model_input(jnp.concatenate(motion_frames)))
-        tile = lambda x: jnp.concatenate([x] * len(motion_frames))
-        return apply(LivePortrait.decode, tile(volume), tile(kp), tile(pose_s), tile(exp_s), poses, exps)
+        poses, exps = apply(LivePortrait.encode_motion,
+                            self.model_input(ops.join_examples([m[:, None] for m in motion_frames])))
+        renders = apply(LivePortrait.decode, tile(volume), tile(kp), tile(pose_s), tile(exp_s), poses, exps)
+        return [part[:, 0] for part in ops.split_examples(renders, [1] * n)]
 
     def _generator_losses(self, gen_params, constants, disc_vars, frozen, images, batch, rng):
         del rng  # (no random terms)
         cfg = self.config.losses
         source, driving, cross = images["source"], images["driving"], images["cross"]
-        b = source.shape[0]
         renders = self._render({"params": gen_params, **constants}, source,
                                [driving] + ([cross] if cfg.identity > 0 else []))
-        reconstruction = renders[:b]
+        reconstruction = renders[0]
         terms = self._image_terms(frozen, disc_vars, batch, source, driving, reconstruction)
         if cfg.identity > 0:
-            terms["identity"] = self._identity_term(frozen, source, renders[b:])
+            terms["identity"] = self._identity_term(frozen, source, renders[1])
         total = sum(getattr(cfg, name) * value for name, value in terms.items())
         return total, (terms, reconstruction)
 
     @functools.lru_cache(maxsize=2)
     def _reconstruct_jit(self, mesh):
         def reconstruct(variables, source, driving, cross):
-            renders = self._render(variables, source, [driving, cross])
-            b = source.shape[0]
+            reconstruction, reenacted = self._render(variables, source, [driving, cross])
             # No pose in our convention, image-skip blend or expression readout to report.
-            return renders[:b], renders[b:], None, None, None
+            return reconstruction, reenacted, None, None, None
 
         return jax.jit(reconstruct, out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))

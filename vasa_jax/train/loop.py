@@ -75,8 +75,12 @@ def create_sharded_state(task, config, mesh):
 
 
 def compile_train_step(task, mesh, state_shardings, frozen_shardings):
+    def train_step(state, batch, frozen):
+        with sharding.activation_context(mesh, task.config.sharding_rules):
+            return task.train_step(state, batch, frozen)
+
     return jax.jit(
-        task.train_step,
+        train_step,
         in_shardings=(state_shardings, sharding.batch_sharding(mesh), frozen_shardings),
         out_shardings=(state_shardings, sharding.replicated(mesh)),
         donate_argnums=(0,),

@@ -5,12 +5,16 @@ axes. A dimension that the mesh axis does not divide evenly stays replicated on 
 3-channel RGB projection cannot be split over an fsdp axis of 2), so every rule can be written once for all sizes.
 """
 
+import contextlib
+import re
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from vasa_jax.models import layers
 
 BATCH_AXES = ("data", "fsdp")
 
@@ -72,6 +76,32 @@ def global_batch(local_batch: dict, mesh: Mesh) -> dict:
     """Assemble this process's slice of the batch into global arrays sharded over the batch axes."""
     sharding = batch_sharding(mesh)
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
+
+
+@contextlib.contextmanager
+def activation_context(mesh: Mesh, rules: Sequence[tuple[str, Any]]):
+    """Tracing inside this context binds the models' activation constraints (`layers.batch_sharded`): the mesh is
+    set and the logical rules are the config's parameter rules plus the batch rule (activations' leading axis over
+    the batch mesh axes, as the batches themselves are split)."""
+    batch_axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names)
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(tuple(tuple(r) for r in rules) + ((layers.BATCH, batch_axes),)):
+        yield
+
+
+COLLECTIVES = ("all-gather", "all-reduce", "collective-permute", "all-to-all", "reduce-scatter")
+
+
+def collectives(hlo_text: str) -> list[tuple[str, str, tuple[int, ...]]]:
+    """The cross-device transfers of a compiled program (`jax.jit(...).lower(...).compile().as_text()`): one
+    (kind, dtype, shape) per array each collective moves (a combined collective moves several)."""
+    kinds = "|".join(COLLECTIVES)
+    found = []
+    for line in hlo_text.splitlines():
+        match = re.match(rf"\s*(?:ROOT )?%\S+ = (.*?) ({kinds})(?:-start)?\(", line)
+        if match:
+            for dtype, dims in re.findall(r"(\w+)\[([\d,]*)\]", match.group(1)):
+                found.append((match.group(2), dtype, tuple(int(d) for d in dims.split(",") if d)))
+    return found
 
 
 def sharded_fraction(state: Any) -> float:

@@ -49,24 +49,36 @@ def to_float_images(batch, keys=("source", "driving", "cross", "extra_frames")):
 
 
 def frame_labels(batch, frame: str, name: str):
-    """A label of the named frames of a batch ("source", "driving" or "extra"), one row per frame: [B, ...], or
-    [B * N, ...] for the N extra frames of each item."""
+    """A label of the named frames of a batch ("source", "driving" or "extra") per item: [B, 1, ...], or
+    [B, N, ...] for the N extra frames of each item (the parts `ops.join_examples` joins)."""
     value = batch[f"{frame}_{name}"]
-    if frame == "extra":
-        value = value.reshape((-1,) + value.shape[2:])
-    return value
+    return value if frame == "extra" else value[:, None]
 
 
 def expression_labels(batch, frames):
     """The per-frame labels the expression readout is supervised with, [rows, 4] in EXPRESSION_LABELS order, for
-    the named frames of a batch (`frame_labels`)."""
+    the named frames of a batch joined example by example (`frame_labels`, `ops.join_examples`)."""
     rows = []
     for frame in frames:
         mouth, eyes, gaze = (frame_labels(batch, frame, name) for name in ("mouth_open", "eye_open", "gaze"))
-        rows.append(jnp.stack([mouth, eyes, gaze[:, 0], gaze[:, 1]], -1))
-    labels = jnp.concatenate(rows).astype(jnp.float32)
+        rows.append(jnp.stack([mouth, eyes, gaze[..., 0], gaze[..., 1]], -1))
+    labels = ops.join_examples(rows).astype(jnp.float32)
     assert labels.shape[-1] == len(EXPRESSION_LABELS)
     return labels
+
+
+def real_and_fake(real, fake):
+    """The discriminator's one batch of real and generated images, joined example by example
+    (`ops.join_examples`); `real_part` and `fake_part` take its outputs apart."""
+    return ops.join_examples([real[:, None], fake[:, None]])
+
+
+def real_part(output):
+    return ops.split_examples(output, [1, 1])[0][:, 0]
+
+
+def fake_part(output):
+    return ops.split_examples(output, [1, 1])[1][:, 0]
 
 
 class Stage1Task:
@@ -146,24 +158,27 @@ class Stage1Task:
         source, driving, cross = images["source"], images["driving"], images["cross"]
         b = source.shape[0]
         terms = {}
+        # Several frames of each item go through one network call as one batch, joined example by example so that
+        # a batch-sharded step keeps every example on its device (`ops.join_examples`).
+        join, split = ops.join_examples, ops.split_examples
+        one = lambda x: x[:, None]
 
         # One encoder pass over every frame with labels (source, driving and the extra frames: data.extra_frames per
         # item, which only the pose and expression-label losses see, so the encoders see many more faces per step
         # than the decoder renders) and, when the identity loss needs its motion, the cross frame.
         extra = images.get("extra_frames")
         labelled = ("source", "driving") + (("extra",) if extra is not None else ())
-        frames = [source, driving] + ([extra.reshape((-1,) + extra.shape[2:])] if extra is not None else [])
-        num_labelled = sum(len(f) for f in frames)
+        frames = [one(source), one(driving)] + ([extra] if extra is not None else [])
         if cfg.identity > 0:
-            frames.append(cross)
-        poses, dyns, pose_logits = apply(FaceLatentModel.estimate_pose, jnp.concatenate(frames))
-        pose_s, pose_d, pose_c = poses[:b], poses[b : 2 * b], poses[num_labelled:]
-        dyn_s, dyn_d, dyn_c = dyns[:b], dyns[b : 2 * b], dyns[num_labelled:]
-        labelled_pose, labelled_dyn = poses[:num_labelled], dyns[:num_labelled]
-        labelled_logits = pose_logits[:num_labelled]
+            frames.append(one(cross))
+        sizes = [f.shape[1] for f in frames]
+        poses, dyns, pose_logits = (split(x, sizes) for x in apply(FaceLatentModel.estimate_pose, join(frames)))
+        pose_s, pose_d, dyn_s, dyn_d = poses[0][:, 0], poses[1][:, 0], dyns[0][:, 0], dyns[1][:, 0]
+        labelled_pose, labelled_dyn, labelled_logits = (join(x[: len(labelled)]) for x in (poses, dyns, pose_logits))
         if cfg.pairwise_transfer > 0:
-            volumes, ids = apply(FaceLatentModel.encode_appearance, jnp.concatenate([source, driving]))
-            vol_s, vol_d, id_s, id_d = volumes[:b], volumes[b:], ids[:b], ids[b:]
+            volumes, ids = (split(x, [1, 1]) for x in apply(FaceLatentModel.encode_appearance,
+                                                              join([one(source), one(driving)])))
+            (vol_s, vol_d), (id_s, id_d) = ([x[:, 0] for x in volumes], [x[:, 0] for x in ids])
         else:
             vol_s, id_s = apply(FaceLatentModel.encode_appearance, source)
 
@@ -173,24 +188,26 @@ class Stage1Task:
         if cfg.pairwise_transfer > 0:
             targets.append((pose_d, dyn_s))
         if cfg.identity > 0:
-            targets.append((pose_c, dyn_c))
+            targets.append((poses[-1][:, 0], dyns[-1][:, 0]))  # the cross frame's
         n = len(targets)
-        tile = lambda x: jnp.concatenate([x] * n)
+        tile = lambda x: join([one(x)] * n)
+        per_target = lambda x: [part[:, 0] for part in split(x, [1] * n)]
         renders, intermediates = model.apply(
             {"params": gen_params},
             tile(vol_s), tile(id_s), tile(pose_s), tile(dyn_s),
-            jnp.concatenate([t[0] for t in targets]), jnp.concatenate([t[1] for t in targets]), tile(source),
+            join([one(t[0]) for t in targets]), join([one(t[1]) for t in targets]), tile(source),
             method=FaceLatentModel.decode,
             mutable=["intermediates"],
         )
-        reconstruction = renders[:b]
+        renders = per_target(renders)
+        reconstruction = renders[0]
 
         terms.update(self._image_terms(frozen, disc_vars, batch, source, driving, reconstruction))
         generated = None
         if self.model_cfg.gen_image_skip:
-            generated = intermediates["intermediates"]["generator"]["generated"][0][:b]
+            generated = per_target(intermediates["intermediates"]["generator"]["generated"][0])[0]
         if cfg.layout > 0:
-            layout_logits = intermediates["intermediates"]["generator"]["layout_logits"][0][:b]
+            layout_logits = per_target(intermediates["intermediates"]["generator"]["layout_logits"][0])[0]
             terms["layout"] = losses.layout_loss(layout_logits, batch["driving_layout"])
         if cfg.generated_l1 > 0:
             terms["generated_l1"] = losses.pyramid_l1(generated, driving, cfg.reconstruction_scales)
@@ -204,17 +221,18 @@ class Stage1Task:
             )
             warped = ops.tps_warp_image(tps, driving)
             # The driving frame's pose and dynamics are already estimated; only its canonical keypoints are new.
-            ids = apply(FaceLatentModel.encode_identity, jnp.concatenate([driving, warped]))
+            id_driving, id_warped = (x[:, 0] for x in split(
+                apply(FaceLatentModel.encode_identity, join([one(driving), one(warped)])), [1, 1]))
             pose_w, dyn_w = apply(FaceLatentModel.encode_motion, warped)
-            kp_driving = keypoints_from_latents(ids[:b], pose_d, dyn_d)
-            kp_warped = keypoints_from_latents(ids[b:], pose_w, dyn_w)
+            kp_driving = keypoints_from_latents(id_driving, pose_d, dyn_d)
+            kp_warped = keypoints_from_latents(id_warped, pose_w, dyn_w)
             if cfg.equivariance > 0:
                 terms["equivariance"] = losses.equivariance_loss(kp_driving, kp_warped, tps)
             if cfg.keypoint_prior > 0:
                 terms["keypoint_prior"] = losses.keypoint_prior_loss(
                     kp_driving, cfg.keypoint_min_distance, cfg.keypoint_mean_depth
                 )
-        pose_labels = jnp.concatenate([frame_labels(batch, frame, "pose") for frame in labelled])
+        pose_labels = join([frame_labels(batch, frame, "pose") for frame in labelled])
         if cfg.head_pose > 0:
             terms["head_pose"] = losses.head_pose_loss(labelled_pose, pose_labels)
         if cfg.head_pose_bins > 0:
@@ -226,14 +244,11 @@ class Stage1Task:
         if cfg.deformation_prior > 0:
             deformation, _ = split_dynamics(labelled_dyn, self.model_cfg.num_keypoints)
             terms["deformation_prior"] = losses.deformation_prior_loss(deformation)
-        index = 1
         if cfg.pairwise_transfer > 0:
-            pose_transferred = renders[index * b : (index + 1) * b]
-            index += 1
             dynamics_transferred = apply(FaceLatentModel.decode, vol_d, id_d, pose_d, dyn_d, pose_d, dyn_s, driving)
-            terms["pairwise_transfer"] = losses.pairwise_transfer_loss(pose_transferred, dynamics_transferred)
+            terms["pairwise_transfer"] = losses.pairwise_transfer_loss(renders[1], dynamics_transferred)
         if cfg.identity > 0:
-            terms["identity"] = self._identity_term(frozen, source, renders[index * b : (index + 1) * b])
+            terms["identity"] = self._identity_term(frozen, source, renders[-1])
 
         total = sum(getattr(cfg, name) * value for name, value in terms.items())
         return total, (terms, reconstruction)
@@ -243,7 +258,6 @@ class Stage1Task:
         weight is on): pyramid L1, L1 inside the mouth and the eyes (where expression shows), perceptual, and the
         adversarial and feature-matching terms of the discriminator."""
         cfg = self.config.losses
-        b = source.shape[0]
         terms = {}
         if cfg.reconstruction_l1 > 0:
             terms["reconstruction_l1"] = losses.pyramid_l1(reconstruction, driving, cfg.reconstruction_scales)
@@ -255,11 +269,11 @@ class Stage1Task:
                 vgg, reconstruction, driving, dict(cfg.perceptual_layers), cfg.perceptual_scales
             )
         if cfg.adversarial > 0 or cfg.feature_matching > 0:
-            outputs = self.discriminator.apply(disc_vars, jnp.concatenate([driving, reconstruction]))
-            real_features = [[f[:b] for f in feats] for feats, _ in outputs]
-            fake_features = [[f[b:] for f in feats] for feats, _ in outputs]
+            outputs = self.discriminator.apply(disc_vars, real_and_fake(driving, reconstruction))
+            real_features = [[real_part(f) for f in feats] for feats, _ in outputs]
+            fake_features = [[fake_part(f) for f in feats] for feats, _ in outputs]
             if cfg.adversarial > 0:
-                terms["adversarial"] = losses.hinge_generator_loss([logits[b:] for _, logits in outputs])
+                terms["adversarial"] = losses.hinge_generator_loss([fake_part(logits) for _, logits in outputs])
             if cfg.feature_matching > 0:
                 terms["feature_matching"] = losses.feature_matching_loss(real_features, fake_features)
         return terms
@@ -290,18 +304,18 @@ class Stage1Task:
         new_disc_params, disc_opt, new_stats = params["discriminator"], state["opt_state"]["discriminator"], disc_vars["batch_stats"]
         metrics = {}
         if cfg.adversarial > 0 or cfg.feature_matching > 0:
-            b = reconstruction.shape[0]
             fake = jax.lax.stop_gradient(reconstruction)
 
             def disc_loss_fn(disc_params):
                 outputs, updates = self.discriminator.apply(
                     {"params": disc_params, "batch_stats": disc_vars["batch_stats"]},
-                    jnp.concatenate([images["driving"], fake]),
+                    real_and_fake(images["driving"], fake),
                     update_stats=True,
                     mutable=["batch_stats"],
                 )
                 logits = [lg for _, lg in outputs]
-                loss = losses.hinge_discriminator_loss([lg[:b] for lg in logits], [lg[b:] for lg in logits])
+                loss = losses.hinge_discriminator_loss([real_part(lg) for lg in logits],
+                                                       [fake_part(lg) for lg in logits])
                 return loss, updates["batch_stats"]
 
             (disc_loss, new_stats), disc_grads = jax.value_and_grad(disc_loss_fn, has_aux=True)(params["discriminator"])
