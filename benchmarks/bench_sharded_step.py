@@ -17,7 +17,6 @@ import os
 import sys
 import time
 
-import flax.linen as nn
 import jax
 import numpy as np
 
@@ -30,9 +29,7 @@ from vasa_jax.train import checkpointing, loop, sharding  # noqa: E402
 def compiled_step(config, num_devices):
     task = loop.make_task(config)
     mesh = sharding.make_mesh((num_devices // 2, 2), ("data", "fsdp"), devices=jax.devices()[:num_devices])
-    abstract_boxed = jax.eval_shape(task.init_boxed, jax.random.key(0))
-    state_shardings = sharding.logical_shardings(abstract_boxed, mesh, config.sharding_rules)
-    state = checkpointing.abstract_with_shardings(nn.unbox(abstract_boxed), state_shardings)
+    state, state_shardings = loop.abstract_sharded_state(task, config, mesh)
     frozen = jax.eval_shape(task.load_frozen)
     frozen_shardings = jax.tree.map(lambda _: sharding.replicated(mesh), frozen)
     frozen = checkpointing.abstract_with_shardings(frozen, frozen_shardings)

@@ -14,6 +14,16 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import pytest
 
 
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port free on the loopback now: the coordinator address of a multi-process test's jax.distributed."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def trained_judge(tmp_path_factory, worker_id):
     """The quickstart's pixel judge (64 x 64, default training), trained once per test run: the first worker to

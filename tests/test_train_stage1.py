@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 
-import flax.linen as nn
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -107,8 +106,6 @@ def test_sharded_step_moves_no_volume_between_devices():
     warp sampled each example on its device and the step joined frames example by example, the whole batch's
     volumes were all-gathered and volume-sized gradient tables all-reduced; before the blocks' outputs were pinned
     to the batch split, whole batches of feature maps were all-gathered."""
-    from vasa_jax.train import checkpointing
-
     programs = {}
     for per_device in (1, 2):
         config = small_config()
@@ -116,9 +113,7 @@ def test_sharded_step_moves_no_volume_between_devices():
         config.data.batch_size = 4 * per_device
         task = loop.make_task(config)
         mesh = sharding.make_mesh((2, 2), ("data", "fsdp"), devices=jax.devices()[:4])
-        abstract_boxed = jax.eval_shape(task.init_boxed, jax.random.key(0))
-        state_shardings = sharding.logical_shardings(abstract_boxed, mesh, config.sharding_rules)
-        state = checkpointing.abstract_with_shardings(nn.unbox(abstract_boxed), state_shardings)
+        state, state_shardings = loop.abstract_sharded_state(task, config, mesh)
         frozen = jax.device_put(task.load_frozen(), sharding.replicated(mesh))
         frozen_shardings = jax.tree.map(lambda _: sharding.replicated(mesh), frozen)
         step = loop.compile_train_step(task, mesh, state_shardings, frozen_shardings)
@@ -203,16 +198,8 @@ def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("localhost", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
-def test_two_processes_train_as_one_and_a_checkpoint_moves_between_process_counts(tmp_path):
+def test_two_processes_train_as_one_and_a_checkpoint_moves_between_process_counts(tmp_path, free_port):
     """Issue 14 for stage 1: the public CLI under jax.distributed on the loopback, 2 processes of 4 CPU devices,
     makes the parameters of 1 process of 8 devices after each step (relative 1e-5, and its update within 1% of the
     single run's), and the checkpoint both processes wrote continues in 1 process to the single run's parameters.
@@ -226,11 +213,10 @@ def test_two_processes_train_as_one_and_a_checkpoint_moves_between_process_count
     single, two = tmp_path / "one", tmp_path / "two"
     straight = subprocess.run(command(single, 4), cwd=ROOT, env=one_env, capture_output=True, text=True)
     assert straight.returncode == 0, straight.stderr[-3000:]
-    port = _free_port()
     processes = [
         subprocess.Popen(command(two, 2), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-                                  JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
+                                  JAX_COORDINATOR_ADDRESS=f"localhost:{free_port}", JAX_NUM_PROCESSES="2",
                                   JAX_PROCESS_ID=str(index)))
         for index in range(2)]
     outputs = [process.communicate(timeout=900) for process in processes]

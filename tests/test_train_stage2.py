@@ -119,16 +119,8 @@ def test_sigkill_and_resume_matches_uninterrupted_run(dataset, tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("localhost", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
-def test_two_processes_train_as_one_and_a_checkpoint_moves_between_process_counts(dataset, tmp_path):
+def test_two_processes_train_as_one_and_a_checkpoint_moves_between_process_counts(dataset, tmp_path, free_port):
     """Issue 14: the public CLI under jax.distributed on the loopback, 2 processes of 4 CPU devices, gives the
     losses of 1 process of 8 devices (the global batch is the same examples in the same order); its checkpoint,
     written by both processes, resumes in 1 process on the batches the single-process run saw at those steps."""
@@ -137,12 +129,11 @@ def test_two_processes_train_as_one_and_a_checkpoint_moves_between_process_count
     single = subprocess.run(_train_command(dataset, straight, 5, 3), cwd=ROOT, env=one_env, capture_output=True,
                             text=True)
     assert single.returncode == 0, single.stderr[-3000:]
-    port = _free_port()
     two = tmp_path / "two"
     processes = [
         subprocess.Popen(_train_command(dataset, two, 3, 3), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-                                             JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
+                                             JAX_COORDINATOR_ADDRESS=f"localhost:{free_port}", JAX_NUM_PROCESSES="2",
                                              JAX_PROCESS_ID=str(index)))
         for index in range(2)]
     outputs = [process.communicate(timeout=600) for process in processes]

@@ -65,13 +65,13 @@ def perceptual_loss(
 
     `features_fn` maps images to a dict of feature maps (e.g. VGG19 relu1_1 ... relu5_1); the target's features
     carry no gradient. Prediction and target are run through the network in one batch, joined example by example
-    (`ops.join_examples`: a batch-sharded step keeps them on their devices).
+    (`ops.join_frames`: a batch-sharded step keeps them on their devices).
     """
     total = 0.0
     for pred_level, target_level in zip(image_pyramid(prediction, num_scales), image_pyramid(target, num_scales)):
-        features = features_fn(ops.join_examples([pred_level[:, None], jax.lax.stop_gradient(target_level)[:, None]]))
+        features = features_fn(ops.join_frames([pred_level, jax.lax.stop_gradient(target_level)]))
         for name, weight in layer_weights.items():
-            pred_f, target_f = (part[:, 0] for part in ops.split_examples(features[name], [1, 1]))
+            pred_f, target_f = ops.split_frames(features[name], 2)
             total = total + weight * l1(pred_f, jax.lax.stop_gradient(target_f))
     return total
 
@@ -173,10 +173,10 @@ def pairwise_transfer_loss(pose_transferred, dynamics_transferred):
 def identity_loss(embed_fn: Callable[[jax.Array], jax.Array], reference, reenacted):
     """VASA's cross-identity loss: 1 - cosine similarity of face embeddings of the source image and of the source
     re-enacted with another person's motion. The reference's embedding carries no gradient. Both go through the
-    network in one batch joined example by example (`ops.join_examples`)."""
-    embeddings = embed_fn(ops.join_examples([jax.lax.stop_gradient(reference)[:, None], reenacted[:, None]]))
+    network in one batch joined example by example (`ops.join_frames`)."""
+    embeddings = embed_fn(ops.join_frames([jax.lax.stop_gradient(reference), reenacted]))
     embeddings = embeddings / (jnp.linalg.norm(embeddings, axis=-1, keepdims=True) + 1e-8)
-    reference_embedding, reenacted_embedding = (part[:, 0] for part in ops.split_examples(embeddings, [1, 1]))
+    reference_embedding, reenacted_embedding = ops.split_frames(embeddings, 2)
     cosine = jnp.sum(jax.lax.stop_gradient(reference_embedding) * reenacted_embedding, axis=-1)
     return jnp.mean(1.0 - cosine)
 

@@ -298,7 +298,7 @@ class MotionFieldEstimator(nn.Module):
         compressed = Conv(cfg.mfe_compress_channels, 1, 3)(volume)
         compressed = nn.relu(GroupNorm(cfg.mfe_compress_channels)(compressed))
 
-        grid = ops.make_coordinate_grid_3d(d, h, w).astype(jnp.float32)  # [D, H, W, 3], float32 as every warp grid
+        grid = ops.make_coordinate_grid_3d(d, h, w)  # [D, H, W, 3], float32 as every warp grid
         kp_flows = keypoint_flows(grid, kp_source, kp_driving, pose_source, pose_driving)
         identity = jnp.broadcast_to(grid[None, None], (b, 1, d, h, w, 3))
         flows = jnp.concatenate([identity, kp_flows], axis=1)  # [B, K+1, D, H, W, 3]

@@ -3,7 +3,7 @@
 All functions are pure ``jnp`` (jit/vmap/grad friendly) and channels-last.
 """
 
-from vasa_jax.ops.batch import join_examples, split_examples
+from vasa_jax.ops.batch import join_examples, join_frames, split_examples, split_frames
 from vasa_jax.ops.keypoints import (
     degrees_to_headpose_bin,
     euler_from_rotation_matrix,
@@ -31,6 +31,7 @@ __all__ = [
     "grid_sample_3d",
     "headpose_bins_to_degrees",
     "join_examples",
+    "join_frames",
     "keypoint_jacobian",
     "keypoints_to_gaussian_2d",
     "keypoints_to_gaussian_volume",
@@ -39,6 +40,7 @@ __all__ = [
     "rotation_matrix",
     "sample_tps_params",
     "split_examples",
+    "split_frames",
     "tps_jacobian",
     "tps_transform_points",
     "tps_warp_image",

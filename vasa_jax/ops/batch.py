@@ -6,7 +6,7 @@ from typing import Any, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["join_examples", "split_examples"]
+__all__ = ["join_examples", "join_frames", "split_examples", "split_frames"]
 
 
 def join_examples(parts: Sequence[Any]) -> Any:
@@ -24,3 +24,13 @@ def split_examples(joined: Any, sizes: Sequence[int]) -> list:
     per_example = joined.reshape((-1, sum(sizes)) + joined.shape[1:])
     ends = np.cumsum(sizes)
     return [per_example[:, end - size : end] for size, end in zip(sizes, ends)]
+
+
+def join_frames(frames: Sequence[Any]) -> Any:
+    """n batches of single frames [B, ...] joined example by example into one batch [B * n, ...]."""
+    return join_examples([frame[:, None] for frame in frames])
+
+
+def split_frames(joined: Any, n: int) -> list:
+    """The inverse of `join_frames`: [B * n, ...] -> n arrays [B, ...]."""
+    return [part[:, 0] for part in split_examples(joined, [1] * n)]

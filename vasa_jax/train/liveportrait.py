@@ -88,16 +88,15 @@ class LivePortraitTask(Stage1Task):
 
     def _render(self, variables, source, motion_frames):
         """The source [B, R, R, 3] re-enacted with the motion of each frame batch in `motion_frames` (each [B, R,
-        R, 3]), in one decoder call (the batches joined example by example, `ops.join_examples`) -> one
+        R, 3]), in one decoder call (the batches joined example by example, `ops.join_frames`) -> one
         [B, R, R, 3] render per motion batch."""
         apply = lambda method, *args: self.model.apply(variables, *args, method=method)
         n = len(motion_frames)
-        tile = lambda x: ops.join_examples([x[:, None]] * n)
+        tile = lambda x: ops.join_frames([x] * n)
         volume, kp, pose_s, exp_s = apply(LivePortrait.encode, self.model_input(source))
-        poses, exps = apply(LivePortrait.encode_motion,
-                            self.model_input(ops.join_examples([m[:, None] for m in motion_frames])))
+        poses, exps = apply(LivePortrait.encode_motion, self.model_input(ops.join_frames(motion_frames)))
         renders = apply(LivePortrait.decode, tile(volume), tile(kp), tile(pose_s), tile(exp_s), poses, exps)
-        return [part[:, 0] for part in ops.split_examples(renders, [1] * n)]
+        return ops.split_frames(renders, n)
 
     def _generator_losses(self, gen_params, constants, disc_vars, frozen, images, batch, rng):
         del rng  # (no random terms)

@@ -65,13 +65,21 @@ def make_task(config):
     raise ValueError(f"unknown task {config.task!r}; available: 'stage1', 'stage2', 'liveportrait', 'capp'")
 
 
+def abstract_sharded_state(task, config, mesh):
+    """(abstract state, shardings): the initial state's shapes and dtypes with their shardings on `mesh`, without
+    creating it (enough to compile a step)."""
+    abstract_boxed = jax.eval_shape(task.init_boxed, jax.random.key(config.seed))
+    state_shardings = sharding.logical_shardings(abstract_boxed, mesh, config.sharding_rules)
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            nn.unbox(abstract_boxed), state_shardings)
+    return abstract, state_shardings
+
+
 def create_sharded_state(task, config, mesh):
     """(state, shardings): the initial state, created directly with its shardings on `mesh`."""
-    rng = jax.random.key(config.seed)
-    abstract_boxed = jax.eval_shape(task.init_boxed, rng)
-    state_shardings = sharding.logical_shardings(abstract_boxed, mesh, config.sharding_rules)
+    _, state_shardings = abstract_sharded_state(task, config, mesh)
     init = jax.jit(lambda r: nn.unbox(task.init_boxed(r)), out_shardings=state_shardings)
-    return init(rng), state_shardings
+    return init(jax.random.key(config.seed)), state_shardings
 
 
 def compile_train_step(task, mesh, state_shardings, frozen_shardings):

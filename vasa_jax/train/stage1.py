@@ -67,20 +67,6 @@ def expression_labels(batch, frames):
     return labels
 
 
-def real_and_fake(real, fake):
-    """The discriminator's one batch of real and generated images, joined example by example
-    (`ops.join_examples`); `real_part` and `fake_part` take its outputs apart."""
-    return ops.join_examples([real[:, None], fake[:, None]])
-
-
-def real_part(output):
-    return ops.split_examples(output, [1, 1])[0][:, 0]
-
-
-def fake_part(output):
-    return ops.split_examples(output, [1, 1])[1][:, 0]
-
-
 class Stage1Task:
     def __init__(self, config):
         self.config = config
@@ -159,26 +145,25 @@ class Stage1Task:
         b = source.shape[0]
         terms = {}
         # Several frames of each item go through one network call as one batch, joined example by example so that
-        # a batch-sharded step keeps every example on its device (`ops.join_examples`).
-        join, split = ops.join_examples, ops.split_examples
-        one = lambda x: x[:, None]
+        # a batch-sharded step keeps every example on its device (`ops.join_examples`, `ops.join_frames`).
 
         # One encoder pass over every frame with labels (source, driving and the extra frames: data.extra_frames per
         # item, which only the pose and expression-label losses see, so the encoders see many more faces per step
         # than the decoder renders) and, when the identity loss needs its motion, the cross frame.
         extra = images.get("extra_frames")
         labelled = ("source", "driving") + (("extra",) if extra is not None else ())
-        frames = [one(source), one(driving)] + ([extra] if extra is not None else [])
+        frames = [source[:, None], driving[:, None]] + ([extra] if extra is not None else [])
         if cfg.identity > 0:
-            frames.append(one(cross))
+            frames.append(cross[:, None])
         sizes = [f.shape[1] for f in frames]
-        poses, dyns, pose_logits = (split(x, sizes) for x in apply(FaceLatentModel.estimate_pose, join(frames)))
+        poses, dyns, pose_logits = (ops.split_examples(x, sizes)
+                                    for x in apply(FaceLatentModel.estimate_pose, ops.join_examples(frames)))
         pose_s, pose_d, dyn_s, dyn_d = poses[0][:, 0], poses[1][:, 0], dyns[0][:, 0], dyns[1][:, 0]
-        labelled_pose, labelled_dyn, labelled_logits = (join(x[: len(labelled)]) for x in (poses, dyns, pose_logits))
+        labelled_pose, labelled_dyn, labelled_logits = (ops.join_examples(x[: len(labelled)])
+                                                        for x in (poses, dyns, pose_logits))
         if cfg.pairwise_transfer > 0:
-            volumes, ids = (split(x, [1, 1]) for x in apply(FaceLatentModel.encode_appearance,
-                                                              join([one(source), one(driving)])))
-            (vol_s, vol_d), (id_s, id_d) = ([x[:, 0] for x in volumes], [x[:, 0] for x in ids])
+            volumes, ids = apply(FaceLatentModel.encode_appearance, ops.join_frames([source, driving]))
+            (vol_s, vol_d), (id_s, id_d) = ops.split_frames(volumes, 2), ops.split_frames(ids, 2)
         else:
             vol_s, id_s = apply(FaceLatentModel.encode_appearance, source)
 
@@ -190,12 +175,12 @@ class Stage1Task:
         if cfg.identity > 0:
             targets.append((poses[-1][:, 0], dyns[-1][:, 0]))  # the cross frame's
         n = len(targets)
-        tile = lambda x: join([one(x)] * n)
-        per_target = lambda x: [part[:, 0] for part in split(x, [1] * n)]
+        tile = lambda x: ops.join_frames([x] * n)
+        per_target = lambda x: ops.split_frames(x, n)
         renders, intermediates = model.apply(
             {"params": gen_params},
             tile(vol_s), tile(id_s), tile(pose_s), tile(dyn_s),
-            join([one(t[0]) for t in targets]), join([one(t[1]) for t in targets]), tile(source),
+            ops.join_frames([t[0] for t in targets]), ops.join_frames([t[1] for t in targets]), tile(source),
             method=FaceLatentModel.decode,
             mutable=["intermediates"],
         )
@@ -221,8 +206,8 @@ class Stage1Task:
             )
             warped = ops.tps_warp_image(tps, driving)
             # The driving frame's pose and dynamics are already estimated; only its canonical keypoints are new.
-            id_driving, id_warped = (x[:, 0] for x in split(
-                apply(FaceLatentModel.encode_identity, join([one(driving), one(warped)])), [1, 1]))
+            id_driving, id_warped = ops.split_frames(
+                apply(FaceLatentModel.encode_identity, ops.join_frames([driving, warped])), 2)
             pose_w, dyn_w = apply(FaceLatentModel.encode_motion, warped)
             kp_driving = keypoints_from_latents(id_driving, pose_d, dyn_d)
             kp_warped = keypoints_from_latents(id_warped, pose_w, dyn_w)
@@ -232,7 +217,7 @@ class Stage1Task:
                 terms["keypoint_prior"] = losses.keypoint_prior_loss(
                     kp_driving, cfg.keypoint_min_distance, cfg.keypoint_mean_depth
                 )
-        pose_labels = join([frame_labels(batch, frame, "pose") for frame in labelled])
+        pose_labels = ops.join_examples([frame_labels(batch, frame, "pose") for frame in labelled])
         if cfg.head_pose > 0:
             terms["head_pose"] = losses.head_pose_loss(labelled_pose, pose_labels)
         if cfg.head_pose_bins > 0:
@@ -269,11 +254,12 @@ class Stage1Task:
                 vgg, reconstruction, driving, dict(cfg.perceptual_layers), cfg.perceptual_scales
             )
         if cfg.adversarial > 0 or cfg.feature_matching > 0:
-            outputs = self.discriminator.apply(disc_vars, real_and_fake(driving, reconstruction))
-            real_features = [[real_part(f) for f in feats] for feats, _ in outputs]
-            fake_features = [[fake_part(f) for f in feats] for feats, _ in outputs]
+            # Real and generated images in one batch joined example by example (`ops.join_frames`).
+            outputs = self.discriminator.apply(disc_vars, ops.join_frames([driving, reconstruction]))
+            real_features = [[ops.split_frames(f, 2)[0] for f in feats] for feats, _ in outputs]
+            fake_features = [[ops.split_frames(f, 2)[1] for f in feats] for feats, _ in outputs]
             if cfg.adversarial > 0:
-                terms["adversarial"] = losses.hinge_generator_loss([fake_part(logits) for _, logits in outputs])
+                terms["adversarial"] = losses.hinge_generator_loss([ops.split_frames(lg, 2)[1] for _, lg in outputs])
             if cfg.feature_matching > 0:
                 terms["feature_matching"] = losses.feature_matching_loss(real_features, fake_features)
         return terms
@@ -309,13 +295,13 @@ class Stage1Task:
             def disc_loss_fn(disc_params):
                 outputs, updates = self.discriminator.apply(
                     {"params": disc_params, "batch_stats": disc_vars["batch_stats"]},
-                    real_and_fake(images["driving"], fake),
+                    ops.join_frames([images["driving"], fake]),
                     update_stats=True,
                     mutable=["batch_stats"],
                 )
                 logits = [lg for _, lg in outputs]
-                loss = losses.hinge_discriminator_loss([real_part(lg) for lg in logits],
-                                                       [fake_part(lg) for lg in logits])
+                real_logits, fake_logits = zip(*(ops.split_frames(lg, 2) for lg in logits))
+                loss = losses.hinge_discriminator_loss(list(real_logits), list(fake_logits))
                 return loss, updates["batch_stats"]
 
             (disc_loss, new_stats), disc_grads = jax.value_and_grad(disc_loss_fn, has_aux=True)(params["discriminator"])
