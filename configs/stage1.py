@@ -175,6 +175,10 @@ def get_config(variant: str = ""):
         keep_checkpoints=3,
         large_pose_degrees=20.0,  # eval: pairs whose yaw/pitch/roll differ by more than this count as large-pose
         expression_change=0.5,  # eval: mouth (eye) PSNR on pairs whose mouth opening (eye openness) differs more
+        # Mixed precision: "bfloat16" runs the networks of a step in bfloat16 with float32 parameters, optimizer
+        # state and losses (vasa_jax.ops.precision); evaluation stays float32.
+        compute_dtype="float32",
+        remat=False,  # recompute each network call's activations in the backward pass (memory for compute)
     )
 
     if variant == "":

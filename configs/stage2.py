@@ -65,6 +65,9 @@ def get_config(variant: str = ""):
         checkpoint_every=5000,
         sample_every=10**9,  # stage 2 has no image samples
         keep_checkpoints=3,
+        # "bfloat16": the transformer's arithmetic in bfloat16, float32 parameters, optimizer state and loss
+        # (vasa_jax.ops.precision; attention logits and LayerNorm statistics stay float32); evaluation float32.
+        compute_dtype="float32",
     )
     if variant in ("", "real"):
         pass

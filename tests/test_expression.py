@@ -18,13 +18,24 @@ STEPS = 1000  # the quickstart's
 
 
 @pytest.fixture(scope="module")
-def transfer(tmp_path_factory, trained_judge):
+def transfer(tmp_path_factory, request):
     workdir = str(tmp_path_factory.mktemp("stage1"))
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-    subprocess.run([sys.executable, "-m", "vasa_jax.train", "--config=configs/stage1.py:tiny",
-                    f"--workdir={workdir}", f"--config.train.num_steps={STEPS}", "--config.train.eval_every=1000000",
-                    "--config.train.sample_every=1000000", f"--config.train.checkpoint_every={STEPS}"],
-                   cwd=ROOT, env=env, check=True, capture_output=True)
+    # The stage 1 trains in its own process while this one trains (or waits for) the judge: the two are the
+    # suite's longest pieces, and one after the other they made this file the suite's critical path.
+    log_path = os.path.join(workdir, "train.log")  # a file, not a pipe nobody reads while the judge trains
+    with open(log_path, "w") as log:
+        training = subprocess.Popen([sys.executable, "-m", "vasa_jax.train", "--config=configs/stage1.py:tiny",
+                                     f"--workdir={workdir}", f"--config.train.num_steps={STEPS}",
+                                     "--config.train.eval_every=1000000", "--config.train.sample_every=1000000",
+                                     f"--config.train.checkpoint_every={STEPS}"],
+                                    cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            trained_judge = request.getfixturevalue("trained_judge")
+            training.wait()
+        finally:
+            training.kill()
+    assert training.returncode == 0, open(log_path).read()[-3000:]
     reenact, config = evaluate.stage1_reenactor(workdir)
     data = synthetic.from_stage1_config(config)
     clips = evaluate.held_out_clips(data, 8)

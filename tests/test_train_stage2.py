@@ -82,6 +82,31 @@ def test_sharded_step_equals_single_device_step(dataset):
     assert worst <= 1e-5, f"largest parameter difference relative to the tensor's scale: {worst:.3g}"
 
 
+def test_bfloat16_compute_keeps_the_float32_loss_and_gradients(dataset):
+    """train.compute_dtype=bfloat16: the transformer's matrix products run in bfloat16, the loss matches float32's
+    within bfloat16 rounding, the gradients come back float32 and point the same way."""
+    results, programs = {}, {}
+    for dtype in ("float32", "bfloat16"):
+        config = small_config(dataset)
+        config.train.compute_dtype = dtype
+        task = loop.make_task(config)
+        batch = next(task.train_iterator(0, 1))
+        params = nn.unbox(task.init_boxed(jax.random.key(0)))["params"]["dit"]
+        # A trained-looking head: the zero-initialised output layer would make every prediction the skip term.
+        params = jax.tree.map(lambda x: x + 0.05 * np.random.default_rng(x.size).normal(size=x.shape), params)
+        loss_and_grad = jax.jit(jax.value_and_grad(task.loss, has_aux=True))
+        programs[dtype] = loss_and_grad.lower(params, batch, jax.random.key(1)).as_text()
+        (loss, _), grads = loss_and_grad(params, batch, jax.random.key(1))
+        results[dtype] = jax.device_get((loss, grads))
+    products = lambda text: sum("dot_general" in line and "bf16" in line for line in text.splitlines())
+    assert products(programs["bfloat16"]) > 4 and products(programs["float32"]) == 0
+    (loss, grads), (loss32, grads32) = results["bfloat16"], results["float32"]
+    assert loss != loss32 and abs(loss - loss32) < 2e-2 * loss32, (loss, loss32)
+    assert {x.dtype for x in jax.tree.leaves(grads)} == {np.dtype(np.float32)}
+    flat, flat32 = (np.concatenate([np.ravel(x) for x in jax.tree.leaves(g)]) for g in (grads, grads32))
+    assert flat @ flat32 / np.linalg.norm(flat) / np.linalg.norm(flat32) > 0.99
+
+
 def _train_command(root, workdir, num_steps, checkpoint_every):
     overrides = {
         "train.num_steps": num_steps, "train.checkpoint_every": checkpoint_every, "train.eval_every": 1000,

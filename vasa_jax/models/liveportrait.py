@@ -385,10 +385,10 @@ class DenseMotionNetwork(nn.Module):
                    - ops.keypoints_to_gaussian_volume(kp_source, (d, h, w), cfg.dense_keypoint_variance))
         heatmap = jnp.concatenate([jnp.zeros_like(heatmap[..., :1]), heatmap], axis=-1)
         # torch concatenates [heatmap, features] per keypoint, then flattens (keypoint major).
-        inputs = jnp.concatenate([heatmap[..., None], deformed], axis=-1).reshape(b, d, h, w, (k + 1) * (c + 1))
+        inputs = jnp.concatenate([heatmap[..., None].astype(deformed.dtype), deformed], axis=-1).reshape(b, d, h, w, (k + 1) * (c + 1))
         prediction = Hourglass(cfg.dense_block_expansion, cfg.dense_num_blocks, cfg.dense_max_features,
                                name="hourglass")(inputs, train)
-        mask = jax.nn.softmax(_conv(k + 1, 7, 3, "mask")(prediction), axis=-1)
+        mask = jax.nn.softmax(_conv(k + 1, 7, 3, "mask")(prediction).astype(jnp.float32), axis=-1)
         deformation = jnp.einsum("bdhwk,bkdhwi->bdhwi", mask, sparse)
         occlusion = None
         if cfg.estimate_occlusion:
@@ -562,7 +562,9 @@ def pose_from_motion(motion: MotionOutputs):
 
 
 def transform_keypoints(kp_canonical, pose, expression):
-    """x = scale * (x_c @ R + exp) + (tx, ty, 0): [B, K, 3], [B, 7], [B, 3K] -> [B, K, 3]."""
+    """x = scale * (x_c @ R + exp) + (tx, ty, 0): [B, K, 3], [B, 7], [B, 3K] -> [B, K, 3], in float32 whatever the
+    inputs' dtype (keypoint positions are warp coordinates)."""
+    kp_canonical, pose, expression = (jnp.asarray(x, jnp.float32) for x in (kp_canonical, pose, expression))
     b, k, _ = kp_canonical.shape
     rotation = rotation_matrix(pose[:, 0], pose[:, 1], pose[:, 2])
     kp = jnp.einsum("bki,bij->bkj", kp_canonical, rotation) + expression.reshape(b, k, 3)

@@ -252,14 +252,16 @@ def split_dynamics(z_dyn, num_keypoints: int):
 
 def keypoints_from_latents(z_id, z_pose, z_dyn):
     """Posed 3D keypoints [B, K, 3] from canonical keypoints [B, K, 3], pose [B, 7] and z_dyn [B, 3K + E] (its
-    deformations)."""
+    deformations), computed in float32 whatever the latents' dtype: keypoint positions are warp coordinates."""
+    z_id, z_pose, z_dyn = (jnp.asarray(x, jnp.float32) for x in (z_id, z_pose, z_dyn))
     rotation = ops.rotation_matrix(z_pose[:, 0], z_pose[:, 1], z_pose[:, 2])
     deformation, _ = split_dynamics(z_dyn, z_id.shape[1])
     return ops.transform_keypoints(z_id, rotation, z_pose[:, 3:6], deformation, z_pose[:, 6])
 
 
 def driving_to_source_jacobian(pose_source, pose_driving):
-    """J_d^-1 J_s [B, 3, 3], with J = exp(log_s) R the linear part of the row-vector keypoint transform."""
+    """J_d^-1 J_s [B, 3, 3], with J = exp(log_s) R the linear part of the row-vector keypoint transform (float32)."""
+    pose_source, pose_driving = jnp.asarray(pose_source, jnp.float32), jnp.asarray(pose_driving, jnp.float32)
     jac_source = ops.keypoint_jacobian(
         ops.rotation_matrix(pose_source[:, 0], pose_source[:, 1], pose_source[:, 2]), pose_source[:, 6]
     )

@@ -86,11 +86,13 @@ class LivePortraitTask(Stage1Task):
     def _generator_constants(self, state):
         return {"batch_stats": state["batch_stats"]["generator"]}
 
-    def _render(self, variables, source, motion_frames):
+    def _render(self, variables, source, motion_frames, network=None):
         """The source [B, R, R, 3] re-enacted with the motion of each frame batch in `motion_frames` (each [B, R,
         R, 3]), in one decoder call (the batches joined example by example, `ops.join_frames`) -> one
-        [B, R, R, 3] render per motion batch."""
-        apply = lambda method, *args: self.model.apply(variables, *args, method=method)
+        [B, R, R, 3] render per motion batch. `network(module, variables, *args, method=...)` makes the network
+        calls (a training step's `_network`; default: plain float32 `apply`)."""
+        network = network or (lambda module, *args, **kwargs: module.apply(*args, **kwargs))
+        apply = lambda method, *args: network(self.model, variables, *args, method=method)
         n = len(motion_frames)
         tile = lambda x: ops.join_frames([x] * n)
         volume, kp, pose_s, exp_s = apply(LivePortrait.encode, self.model_input(source))
@@ -103,7 +105,7 @@ class LivePortraitTask(Stage1Task):
         cfg = self.config.losses
         source, driving, cross = images["source"], images["driving"], images["cross"]
         renders = self._render({"params": gen_params, **constants}, source,
-                               [driving] + ([cross] if cfg.identity > 0 else []))
+                               [driving] + ([cross] if cfg.identity > 0 else []), self._network)
         reconstruction = renders[0]
         terms = self._image_terms(frozen, disc_vars, batch, source, driving, reconstruction)
         if cfg.identity > 0:

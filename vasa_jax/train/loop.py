@@ -127,12 +127,17 @@ def train(config, workdir: str) -> dict:
             f"{sharding.sharded_fraction(state['params']):.0%} of parameter bytes sharded",
             flush=True,
         )
-    train_step = compile_train_step(task, mesh, state_shardings, frozen_shardings)
+    jitted_step = compile_train_step(task, mesh, state_shardings, frozen_shardings)
+    train_step = None  # compiled at the first batch, which also gives the step's FLOPs
     writer = metrics_lib.MetricWriter(workdir, train_cfg.num_steps, config.data.batch_size, enabled=is_chief)
     eval_metrics = {}
     try:
         for step in range(start_step + 1, train_cfg.num_steps + 1):
             batch = sharding.global_batch(next(iterator), mesh)
+            if train_step is None:
+                train_step = jitted_step.lower(state, batch, frozen).compile()
+                writer.set_step_flops(metrics_lib.compiled_flops(train_step),
+                                      metrics_lib.peak_flops_per_second(jax.devices()[0].device_kind))
             state, step_metrics = train_step(state, batch, frozen)
             last = step == train_cfg.num_steps
             checkpoint_now = step % train_cfg.checkpoint_every == 0 or last

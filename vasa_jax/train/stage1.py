@@ -27,6 +27,7 @@ from vasa_jax.models.discriminator import MultiScaleDiscriminator
 from vasa_jax.models.stage1 import (
     EXPRESSION_LABELS, FaceLatentModel, Stage1ModelConfig, keypoints_from_latents, split_dynamics,
 )
+from vasa_jax.ops import precision
 from vasa_jax.train.loop import fixed_batch, training_iterator
 
 
@@ -82,6 +83,7 @@ class Stage1Task:
         )
         self.perceptual_net = vgg19.VGG19Features(layers=tuple(config.losses.perceptual_layers.keys()))
         self.batch_size = config.data.batch_size
+        self.compute_dtype = precision.compute_dtype(config.train.compute_dtype)
 
     def _build_model(self, config):
         """(model config, generator module) from config.model, checked against the data and the losses."""
@@ -130,6 +132,15 @@ class Stage1Task:
         return frozen
 
     # ------------------------------------------------------------------------------------------------ step
+    def _network(self, module, variables, *args, **kwargs):
+        """`module.apply(variables, *args, **kwargs)` as a training step runs it: in train.compute_dtype (float32
+        parameters cast at the call, float32 outputs: `ops.precision.mixed_apply`) and, with train.remat, with its
+        activations recomputed in the backward pass instead of kept (`jax.checkpoint`: memory for compute)."""
+        call = lambda variables, *args: precision.mixed_apply(module, variables, self.compute_dtype, *args, **kwargs)
+        if self.config.train.remat:
+            call = jax.checkpoint(call)
+        return call(variables, *args)
+
     def _generator_constants(self, state):
         """Generator variables that training reads but never updates, beside its params: none for our model
         (LivePortrait's task keeps its pretrained BatchNorm statistics here)."""
@@ -140,7 +151,7 @@ class Stage1Task:
         del constants  # (none)
         cfg = self.config.losses
         model = self.model
-        apply = lambda method, *args: model.apply({"params": gen_params}, *args, method=method)
+        apply = lambda method, *args: self._network(model, {"params": gen_params}, *args, method=method)
         source, driving, cross = images["source"], images["driving"], images["cross"]
         b = source.shape[0]
         terms = {}
@@ -177,8 +188,8 @@ class Stage1Task:
         n = len(targets)
         tile = lambda x: ops.join_frames([x] * n)
         per_target = lambda x: ops.split_frames(x, n)
-        renders, intermediates = model.apply(
-            {"params": gen_params},
+        renders, intermediates = self._network(
+            model, {"params": gen_params},
             tile(vol_s), tile(id_s), tile(pose_s), tile(dyn_s),
             ops.join_frames([t[0] for t in targets]), ops.join_frames([t[1] for t in targets]), tile(source),
             method=FaceLatentModel.decode,
@@ -249,13 +260,13 @@ class Stage1Task:
         if cfg.region_l1 > 0:
             terms["region_l1"] = losses.region_l1(reconstruction, driving, batch["driving_regions"])
         if cfg.perceptual > 0:
-            vgg = lambda x: self.perceptual_net.apply(frozen["vgg19"], x)
+            vgg = lambda x: self._network(self.perceptual_net, frozen["vgg19"], x)
             terms["perceptual"] = losses.perceptual_loss(
                 vgg, reconstruction, driving, dict(cfg.perceptual_layers), cfg.perceptual_scales
             )
         if cfg.adversarial > 0 or cfg.feature_matching > 0:
             # Real and generated images in one batch joined example by example (`ops.join_frames`).
-            outputs = self.discriminator.apply(disc_vars, ops.join_frames([driving, reconstruction]))
+            outputs = self._network(self.discriminator, disc_vars, ops.join_frames([driving, reconstruction]))
             real_features = [[ops.split_frames(f, 2)[0] for f in feats] for feats, _ in outputs]
             fake_features = [[ops.split_frames(f, 2)[1] for f in feats] for feats, _ in outputs]
             if cfg.adversarial > 0:
@@ -267,7 +278,8 @@ class Stage1Task:
     def _identity_term(self, frozen, source, reenacted):
         # ArcFace sees the aligned face it was trained on, cut from the known framing of the training crop.
         embed = lambda x: arcface.arcface_embed(
-            frozen["arcface"], arcface.crop_square(x, face.ARCFACE_BOX_IN_CROP), self.config.feature_nets.arcface_depth)
+            frozen["arcface"], arcface.crop_square(x, face.ARCFACE_BOX_IN_CROP), self.config.feature_nets.arcface_depth,
+            dtype=self.compute_dtype).astype(jnp.float32)
         return losses.identity_loss(embed, source, reenacted)
 
     def train_step(self, state, batch, frozen):
@@ -293,8 +305,8 @@ class Stage1Task:
             fake = jax.lax.stop_gradient(reconstruction)
 
             def disc_loss_fn(disc_params):
-                outputs, updates = self.discriminator.apply(
-                    {"params": disc_params, "batch_stats": disc_vars["batch_stats"]},
+                outputs, updates = self._network(
+                    self.discriminator, {"params": disc_params, "batch_stats": disc_vars["batch_stats"]},
                     ops.join_frames([images["driving"], fake]),
                     update_stats=True,
                     mutable=["batch_stats"],

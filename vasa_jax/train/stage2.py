@@ -16,6 +16,7 @@ from vasa_jax.checkpoints import stage2_model_config
 from vasa_jax.data import motion as motion_data
 from vasa_jax.models import diffusion
 from vasa_jax.models.stage2 import CONDITIONS, MotionDiT, example_inputs
+from vasa_jax.ops import precision
 from vasa_jax.train.loop import fixed_batch, training_iterator
 from vasa_jax.train.stage1 import make_optimizer
 
@@ -45,6 +46,7 @@ class Stage2Task:
         self.abar = diffusion.alphas_cumprod(self.model_cfg.num_train_steps, self.model_cfg.schedule)
         opt = config.optimizer
         self.tx = make_optimizer(opt.learning_rate, opt.end_learning_rate, opt.warmup_steps, config.train.num_steps, opt)
+        self.compute_dtype = precision.compute_dtype(config.train.compute_dtype)
 
     # ------------------------------------------------------------------------------------------------ state
     def init_boxed(self, rng):
@@ -65,7 +67,7 @@ class Stage2Task:
         keep, audio_valid = drop_conditions(drop_rng, batch, self.config.condition_dropout, self.model_cfg.window)
         conditions = {k: batch[k] for k in CONDITION_KEYS}
         conditions["audio_valid"] = audio_valid
-        prediction = self.model.apply({"params": params}, x_t, t, conditions, keep)
+        prediction = precision.mixed_apply(self.model, {"params": params}, self.compute_dtype, x_t, t, conditions, keep)
         return jnp.mean((prediction - x0) ** 2), prediction
 
     def train_step(self, state, batch, frozen):
