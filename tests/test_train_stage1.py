@@ -102,7 +102,7 @@ def test_bfloat16_compute_renders_as_float32_with_float32_gradients():
     """train.compute_dtype=bfloat16 (issue 14's mixed precision) on the small model: the generator's loss and
     gradient program convolves in bfloat16 and hands float32 gradients to the float32 parameters (lowered, not
     compiled: the step's compile is minutes here), and a re-enactment computed in bfloat16 is float32's within
-    bfloat16 rounding."""
+    bfloat16 rounding. With train.remat the program rematerialises its network calls."""
     from vasa_jax.ops import precision
     from vasa_jax.train.stage1 import to_float_images
 
@@ -114,8 +114,13 @@ def test_bfloat16_compute_renders_as_float32_with_float32_gradients():
     params = state["params"]
     disc_vars = {"params": params["discriminator"], "batch_stats": state["batch_stats"]["discriminator"]}
     images = to_float_images(batch)
-    lowered = jax.jit(jax.value_and_grad(task._generator_losses, has_aux=True)).lower(
+    lower = lambda task: jax.jit(jax.value_and_grad(task._generator_losses, has_aux=True)).lower(
         params["generator"], {}, disc_vars, task.load_frozen(), images, batch, jax.random.key(1))
+    lowered = lower(task)
+    # train.remat: the network calls are rematerialised (jax.checkpoint's barriers appear in the program).
+    assert "optimization_barrier" not in lowered.as_text()
+    config.train.remat = True
+    assert "optimization_barrier" in lower(loop.make_task(config)).as_text()
     convolutions = [line for line in lowered.as_text().splitlines() if "convolution" in line]
     assert sum("bf16" in line for line in convolutions) > 0.5 * len(convolutions) > 10
     grads = lowered.out_info[1]
