@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from vasa_jax.models import liveportrait as lp  # noqa: E402
+from vasa_jax.ops import precision  # noqa: E402
 
 
 def median_seconds(fn, repeats):
@@ -119,7 +120,7 @@ def main():
         volumes = np.repeat(volume, batch, axis=0)
         for dtype in args.dtypes.split(","):
             jdtype = jnp.dtype(dtype)
-            cast = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jdtype), variables)
+            cast = precision.cast_floating(variables, jdtype)
             frame = jax.jit(lambda v, vol, s, d: model.apply(
                 v, vol, s, d, method=lambda m, a, b, c: m.render_keypoints(a, b, c)))
             args_j = (cast, jnp.asarray(volumes, jdtype), jnp.asarray(kp_source), jnp.asarray(kp_driving))

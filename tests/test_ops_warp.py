@@ -188,3 +188,23 @@ def test_batch_sharded_sampling_moves_nothing_between_devices(monkeypatch, ndim)
     for name, fn in (("forward", forward), ("backward", backward)):
         moved = sharding.collectives(fn.lower(x, grid).compile().as_text())
         assert moved == [], f"{name} moves {moved}"
+
+
+def test_activation_pins_bind_on_a_mesh_and_not_on_one_device():
+    """`layers.batch_sharded` constrains a block's output to the batch split inside the trainer's activation
+    context on a multi-device mesh, and adds nothing on a single device (where the constraints only cost fusions)."""
+    from vasa_jax.models import layers
+    from vasa_jax.train import sharding
+
+    def constraints(devices):
+        mesh = sharding.make_mesh((devices, 1), ("data", "fsdp"), devices=jax.devices()[:devices])
+
+        def block(x):
+            with sharding.activation_context(mesh, ()):
+                return layers.batch_sharded(jnp.tanh(x))
+
+        text = jax.jit(block).lower(jnp.ones((8, 4, 4, 2))).as_text()
+        return text.count("sharding_constraint") + text.count("@Sharding")
+
+    assert constraints(2) > 0
+    assert constraints(1) == 0

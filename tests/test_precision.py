@@ -68,7 +68,7 @@ def test_flops_and_utilisation_come_from_the_compiled_program(capsys):
     writer.enabled = True  # print the progress line without opening TensorBoard files
     writer.write_scalars = lambda *args, **kwargs: None
     writer.progress(1, {"loss": 1.0})
-    writer._last_time -= 0.5  # two steps in half a second: 4 TFLOP/s of a 1000 TFLOP/s peak
+    writer._last_time -= 0.5  # two steps of 2 TFLOP in half a second: 8 TFLOP/s of a 1000 TFLOP/s peak
     writer.progress(3, {"loss": 0.5})
     line = capsys.readouterr().out.splitlines()[-1]
     assert "8 TFLOP/s per device" in line and "MFU 0.8%" in line, line

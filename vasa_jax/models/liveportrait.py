@@ -385,7 +385,8 @@ class DenseMotionNetwork(nn.Module):
                    - ops.keypoints_to_gaussian_volume(kp_source, (d, h, w), cfg.dense_keypoint_variance))
         heatmap = jnp.concatenate([jnp.zeros_like(heatmap[..., :1]), heatmap], axis=-1)
         # torch concatenates [heatmap, features] per keypoint, then flattens (keypoint major).
-        inputs = jnp.concatenate([heatmap[..., None].astype(deformed.dtype), deformed], axis=-1).reshape(b, d, h, w, (k + 1) * (c + 1))
+        inputs = jnp.concatenate([heatmap[..., None].astype(deformed.dtype), deformed], axis=-1)
+        inputs = inputs.reshape(b, d, h, w, (k + 1) * (c + 1))
         prediction = Hourglass(cfg.dense_block_expansion, cfg.dense_num_blocks, cfg.dense_max_features,
                                name="hourglass")(inputs, train)
         mask = jax.nn.softmax(_conv(k + 1, 7, 3, "mask")(prediction).astype(jnp.float32), axis=-1)
