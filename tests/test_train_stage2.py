@@ -1,6 +1,7 @@
 """The stage-2 trainer: the loss falls, a sharded step equals a single-device step, a SIGKILLed run resumes to
 the same result."""
 
+import json
 import os
 import signal
 import subprocess
@@ -142,6 +143,29 @@ def test_sigkill_and_resume_matches_uninterrupted_run(dataset, tmp_path):
     assert "resumed from" in resumed.stdout
     for a, b in zip(jax.tree.leaves(_final_params(killed, num_steps)), jax.tree.leaves(_final_params(straight, num_steps))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.slow
+def test_a_url_workdir_trains_and_resumes_with_no_folder_named_after_the_scheme(dataset, tmp_path):
+    """Issue 14: `--workdir=file:///...` through the public CLI, run from another folder: the checkpoints,
+    TensorBoard events and evaluation land at the URL's path, a second run resumes from them, and the working
+    directory stays empty (before, a URL went through os.path.abspath into `<cwd>/file:/...`). Object-store URLs
+    take the same path functions (tests/test_storage.py serves gs:// from a folder)."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", PYTHONPATH=ROOT)
+    cwd, run = tmp_path / "cwd", tmp_path / "run"
+    cwd.mkdir()
+    command = _train_command(dataset, f"file://{run}", 30, 10)  # the SIGKILL test's program: compiled once
+    command[3] = f"--config={os.path.join(ROOT, 'configs', 'stage2.py')}:tiny"
+    first = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert f"done; outputs in {run} (tensorboard/, checkpoints/)" in first.stdout
+    assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.isdigit()) == ["10", "20", "30"]
+    assert json.loads((run / "eval.json").read_text())["step"] == 30
+    assert any(p.name.startswith("events.") for p in (run / "tensorboard").iterdir())
+    second = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"resumed from {run / 'checkpoints'} at step 30" in second.stdout
+    assert os.listdir(cwd) == []
 
 
 @pytest.mark.slow

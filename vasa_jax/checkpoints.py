@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from vasa_jax import storage
 from vasa_jax.data import motion as motion_data
 from vasa_jax.models.capp import CAPP, CappConfig
 from vasa_jax.models.capp import example_inputs as capp_example_inputs
@@ -31,12 +32,13 @@ EVAL_FILE = "eval.json"  # a workdir's latest evaluation metrics, written by the
 
 
 def checkpoint_directory(workdir: str) -> str:
-    return os.path.join(os.path.abspath(workdir), "checkpoints")
+    """`<workdir>/checkpoints`; the workdir may be a URL (`storage.location`)."""
+    return storage.join(storage.location(workdir), "checkpoints")
 
 
 def _open(workdir: str) -> ocp.CheckpointManager:
     directory = checkpoint_directory(workdir)
-    if not os.path.isdir(directory):
+    if not storage.isdir(directory):
         raise FileNotFoundError(
             f"{workdir} holds no checkpoints ({directory} does not exist): is it a training workdir?")
     manager = ocp.CheckpointManager(directory, item_names=CHECKPOINT_ITEMS)
@@ -132,7 +134,7 @@ def load_stage1(path: str) -> Stage1Model:
     LivePortrait's published checkpoint files in a folder (the published sizes)."""
     from vasa_jax.models import liveportrait
 
-    if liveportrait.is_checkpoint_folder(path) and not os.path.isdir(checkpoint_directory(path)):
+    if liveportrait.is_checkpoint_folder(path) and not storage.isdir(checkpoint_directory(path)):
         variables = liveportrait.load_liveportrait(path)
         return Stage1Model(liveportrait.LivePortrait(liveportrait.LivePortraitConfig()), variables["params"], None,
                            {"batch_stats": variables["batch_stats"]}, framing="liveportrait")

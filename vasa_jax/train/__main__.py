@@ -7,7 +7,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path of a config file, optionally with :variant.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard logs and samples.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard logs and samples: a local "
+                                "path, a file:// URL or an object store's (gs://, s3://, az://, hf://).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -25,6 +26,7 @@ def main(argv):
             if env in os.environ
         }
         jax.distributed.initialize(**counts)
+    from vasa_jax import storage
     from vasa_jax.train.loop import train
     from vasa_jax.train.metrics import NonFiniteLossError
 
@@ -33,8 +35,9 @@ def main(argv):
     except (NonFiniteLossError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
-    workdir = os.path.abspath(_WORKDIR.value)
-    parts = [name + "/" for name in ("samples", "tensorboard", "checkpoints") if os.path.isdir(os.path.join(workdir, name))]
+    workdir = storage.location(_WORKDIR.value)
+    parts = [name + "/" for name in ("samples", "tensorboard", "checkpoints")
+             if storage.isdir(storage.join(workdir, name))]
     print(f"done; outputs in {workdir} ({', '.join(parts)})")
 
 

@@ -7,13 +7,13 @@ resume would pick up. Reading a trained network back for inference is `vasa_jax.
 """
 
 import json
-import os
 from typing import Any
 
 import grain
 import jax
 import orbax.checkpoint as ocp
 
+from vasa_jax import storage
 from vasa_jax.checkpoints import CHECKPOINT_ITEMS, checkpoint_directory
 
 
@@ -48,9 +48,9 @@ class Checkpointer:
         A checkpoint written by another number of processes restores too: every process's iterator stands at the
         same global position (`loop.training_iterator` makes a step's batch independent of the topology), so
         that position, read from the saved processes' files, is every new process's."""
-        data_dir = os.path.join(self.directory, str(step), "data")
-        own = os.path.join(data_dir, f"process_{jax.process_index()}-of-{jax.process_count()}.json")
-        if os.path.exists(own):
+        data_dir = storage.join(self.directory, str(step), "data")
+        own = storage.join(data_dir, f"process_{jax.process_index()}-of-{jax.process_count()}.json")
+        if storage.exists(own):
             restored = self.manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state), data=grain.checkpoint.CheckpointRestore(iterator)))
             return restored["state"]
@@ -69,12 +69,7 @@ class Checkpointer:
 def saved_position(data_dir: str) -> dict:
     """The data iterator's position saved in a step's `data` folder by every process that wrote it; ValueError
     when there is none or the processes' positions differ (then no other process count can resume it)."""
-    import glob
-
-    states = []
-    for path in sorted(glob.glob(os.path.join(data_dir, "process_*-of-*.json"))):
-        with open(path) as fh:
-            states.append(json.load(fh))
+    states = [json.loads(storage.read_text(path)) for path in storage.glob(data_dir, "process_*-of-*.json")]
     if not states:
         raise ValueError(f"{data_dir} holds no data iterator state")
     if any(state != states[0] for state in states):

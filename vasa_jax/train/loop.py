@@ -3,10 +3,8 @@
 The state is created already sharded: `jax.eval_shape` gives its abstract shape with logical-axis boxes, the
 config's rules turn those into shardings, and a jitted init with those `out_shardings` materialises each shard on
 its device. Resume is automatic: if `<workdir>/checkpoints` holds a step, the state and the data iterator continue
-from there.
+from there. The workdir may be a URL (`vasa_jax.storage`: gs://, s3://, ..., file://).
 """
-
-import os
 
 import cv2
 import flax.linen as nn
@@ -14,8 +12,8 @@ import grain
 import jax
 import numpy as np
 
+from vasa_jax import storage
 from vasa_jax.checkpoints import EVAL_FILE
-from vasa_jax.data import atomic
 from vasa_jax.train import checkpointing, metrics as metrics_lib, sharding
 
 
@@ -96,8 +94,10 @@ def compile_train_step(task, mesh, state_shardings, frozen_shardings):
 
 
 def train(config, workdir: str) -> dict:
-    """Train `config.task` in `workdir` until config.train.num_steps; returns the last evaluation metrics."""
-    os.makedirs(workdir, exist_ok=True)
+    """Train `config.task` in `workdir` (a local path or a URL) until config.train.num_steps; returns the last
+    evaluation metrics."""
+    workdir = storage.location(workdir)
+    storage.makedirs(workdir)
     is_chief = jax.process_index() == 0
     task = make_task(config)
     mesh = sharding.make_mesh(config.mesh.shape, config.mesh.axes)
@@ -152,13 +152,13 @@ def train(config, workdir: str) -> dict:
                 if is_chief:
                     print(f"eval step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in eval_metrics.items()), flush=True)
                     # The latest evaluation in plain JSON: an exported model's card quotes it.
-                    atomic.write_json(os.path.join(workdir, EVAL_FILE),
-                                      {"step": step, **{k: float(v) for k, v in eval_metrics.items()}})
+                    storage.write_json(storage.join(workdir, EVAL_FILE),
+                                       {"step": step, **{k: float(v) for k, v in eval_metrics.items()}})
             if step % train_cfg.sample_every == 0 or last:
                 grid = task.sample_grid(state)  # a computation over the mesh: every process takes part
                 if is_chief and grid is not None:
                     writer.write_image(step, "samples", grid)
-                    write_png(os.path.join(workdir, "samples", f"step_{step:07d}.png"), grid)
+                    write_png(storage.join(workdir, "samples", f"step_{step:07d}.png"), grid)
             if checkpoint_now:
                 checkpointer.save(step, state, iterator)
     finally:
@@ -168,15 +168,11 @@ def train(config, workdir: str) -> dict:
 
 
 def write_png(path: str, rgb: np.ndarray) -> None:
-    """Atomic PNG write (temp file + rename), so a crash never leaves a truncated image."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    """A PNG written whole or not at all (`storage.write_bytes`), so a crash never leaves a truncated image."""
     ok, encoded = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:
         raise RuntimeError(f"could not encode {path}")
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(encoded.tobytes())
-    os.replace(tmp, path)
+    storage.write_bytes(path, encoded.tobytes())
 
 
 def _count_params(params) -> int:

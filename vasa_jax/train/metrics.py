@@ -1,11 +1,13 @@
 """Training metrics on the host: console progress with rates and ETA, TensorBoard event files, a NaN/Inf guard."""
 
+import io
 import math
-import os
 import time
 from typing import Mapping
 
 import numpy as np
+
+from vasa_jax import storage
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -68,7 +70,8 @@ class MetricWriter:
         if enabled:
             from tensorboardX import SummaryWriter  # writes event files without TensorFlow
 
-            self._writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            _register_url_event_files()
+            self._writer = SummaryWriter(storage.join(workdir, "tensorboard"))
         self._last_time = None
         self._last_step = None
 
@@ -114,6 +117,41 @@ class MetricWriter:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+
+
+class _UrlEventFile:
+    """A TensorBoard event file at an object-store URL: the events are kept in memory and each flush uploads the
+    whole file through etils.epath (an object cannot be appended to; tensorboardX's own S3 and GCS writers do the
+    same, with boto3 or google-cloud-storage, which the project does not install)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.buffer = io.BytesIO()
+
+    def write(self, data: bytes) -> None:
+        self.buffer.write(data)
+
+    def flush(self) -> None:
+        storage.write_bytes(self.path, self.buffer.getvalue())
+
+    def close(self) -> None:
+        self.flush()
+
+
+class _UrlEventFileFactory:
+    def open(self, path: str) -> _UrlEventFile:
+        return _UrlEventFile(path)
+
+    def directory_check(self, path: str) -> None:
+        storage.makedirs(path)
+
+
+def _register_url_event_files() -> None:
+    """Route tensorboardX's event files at object-store URLs through `_UrlEventFile`."""
+    from tensorboardX import record_writer
+
+    for scheme in storage.REMOTE_SCHEMES:
+        record_writer.register_writer_factory(scheme, _UrlEventFileFactory())
 
 
 def _duration(seconds: float) -> str:
