@@ -278,9 +278,26 @@ def test_paste_back_puts_the_face_into_the_whole_photo(checkpoints, tmp_path):
     assert wide.generate(path, _speech(0.5), num_steps=2).frames.shape == (num_video_frames(8000), 80, 100, 3)
 
 
-def test_pipeline_reports_a_missing_workdir(checkpoints, tmp_path):
+def test_pipeline_reports_a_missing_workdir_and_reads_url_workdirs(checkpoints, tmp_path):
+    import warnings
+
+    import jax
+
+    _, stage1, stage2 = checkpoints
     with pytest.raises(GenerationError, match="not a directory"):
-        TalkingHeadPipeline.from_workdirs(str(tmp_path / "missing"), checkpoints[2])
+        TalkingHeadPipeline.from_workdirs(str(tmp_path / "missing"), stage2)
+    with pytest.raises(ValueError, match="unsupported URL scheme memory://"):
+        TalkingHeadPipeline.from_workdirs("memory://runs/stage1", stage2)
+    # file:// URLs of the workdirs: the same models, and no warning that stage 2 was trained on another stage 1.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        from_urls = TalkingHeadPipeline.from_workdirs(f"file://{stage1}", f"file://{stage2}")
+    from_paths = TalkingHeadPipeline.from_workdirs(stage1, stage2)
+    jax.tree.map(np.testing.assert_array_equal, from_urls.sampler.params, from_paths.sampler.params)
+    from vasa_jax import checkpoints as checkpoints_lib
+
+    jax.tree.map(np.testing.assert_array_equal, checkpoints_lib.load_stage1(f"file://{stage1}").params,
+                 checkpoints_lib.load_stage1(stage1).params)
 
 
 def test_trained_models_load_exactly_and_without_the_trainer(checkpoints, tmp_path):

@@ -230,8 +230,10 @@ class TalkingHeadPipeline:
         from vasa_jax.data import motion as motion_data
         from vasa_jax.sampling import MotionSampler
 
-        for name, directory in (("stage1", stage1_dir), ("stage2", stage2_dir)):
-            if not directory or not os.path.isdir(directory):
+        from vasa_jax import storage
+
+        for name, directory in (("stage1", stage1_dir), ("stage2", stage2_dir)):  # a workdir may be a URL
+            if not directory or not storage.isdir(storage.location(directory)):
                 raise GenerationError(f"--{name} {directory!r} is not a directory")
         from vasa_jax.models import liveportrait
 
@@ -255,7 +257,7 @@ class TalkingHeadPipeline:
             raise GenerationError(f"mismatched checkpoints: {stage2_dir} was trained on "
                                   f"{manifest.get('motion_source')!r} motion, not on stage-1 latents")
         trained_with = manifest.get("stage1_workdir")
-        if trained_with and os.path.realpath(trained_with) != os.path.realpath(stage1_dir):
+        if trained_with and storage.canonical(trained_with) != storage.canonical(stage1_dir):
             warnings.warn(f"stage 2 was trained on latents of {trained_with}, not of {stage1_dir}")
         if audio_encoder is None:  # the one the motion dataset was encoded with
             try:

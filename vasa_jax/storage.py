@@ -53,6 +53,12 @@ def location(path: str) -> str:
                      + ", ".join(f"{name}://" for name in REMOTE_SCHEMES) + ")")
 
 
+def canonical(path: str) -> str:
+    """`location` with local symbolic links resolved: two spellings of one place compare equal."""
+    path = location(path)
+    return path if is_remote(path) else os.path.realpath(path)
+
+
 def join(base: str, *names: str) -> str:
     return posixpath.join(base, *names) if is_remote(base) else os.path.join(base, *names)
 
