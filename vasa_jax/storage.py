@@ -98,5 +98,5 @@ def write_bytes(path: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def write_json(path: str, value: Any) -> None:
-    write_bytes(path, json.dumps(value, indent=1).encode())
+def write_json(path: str, value: Any, indent: int = 1) -> None:
+    write_bytes(path, json.dumps(value, indent=indent).encode())

@@ -1,13 +1,14 @@
 """Atomic file writes for datasets: write beside the target under a `.tmp` name, then rename, so a crash leaves
 either the previous file or the complete new one, never a partial one. Readers skip names containing TMP."""
 
-import json
 import os
 from typing import Any, Mapping
 
 import numpy as np
 
-TMP = ".tmp"
+from vasa_jax import storage
+
+TMP = storage.TMP
 
 
 def save_npz(path: str, arrays: Mapping[str, np.ndarray]) -> None:
@@ -17,7 +18,4 @@ def save_npz(path: str, arrays: Mapping[str, np.ndarray]) -> None:
 
 
 def write_json(path: str, value: Any, indent: int = 1) -> None:
-    tmp = path + TMP
-    with open(tmp, "w") as fh:
-        json.dump(value, fh, indent=indent)
-    os.replace(tmp, path)
+    storage.write_json(path, value, indent)
