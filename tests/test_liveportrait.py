@@ -265,3 +265,32 @@ def test_the_default_config_is_the_published_layout(tmp_path):
     assert stage1.model.cfg == published and stage1.config is None and stage1.framing == "liveportrait"
     assert stage1.model.cfg.output_size == 512 and stage1.model.cfg.dynamics_dim == 63
     jax.tree.map(np.testing.assert_array_equal, stage1.variables, variables)
+
+    # The folder exports as a model's stage 1 beside a stage 2 of its motion size (70-d; trained one step on random
+    # motion of that size: only the sizes matter here), and the model folder reads back as the same renderer.
+    from configs import stage2 as stage2_config
+    from vasa_jax import export
+    from vasa_jax.audio import LogMelEncoder
+    from vasa_jax.data import synthetic
+    from vasa_jax.data.encode_motion import build, manifest_for
+    from vasa_jax.train import loop
+
+    rng = np.random.default_rng(0)
+    motion_dim = 7 + stage1.model.cfg.dynamics_dim
+    random_motion = lambda render, truth: rng.normal(size=(len(truth["pose"]), motion_dim)).astype(np.float32)
+    encoder, motion_root = LogMelEncoder(num_mels=8), str(tmp_path / "motion")
+    build(motion_root, random_motion, encoder,
+          synthetic.SyntheticConfig(num_identities=4, num_test_identities=1, clips_per_identity=1,
+                                    frames_per_clip=40, resolution=32),
+          manifest_for("stage1", str(tmp_path), encoder, "synthetic"), log=lambda _: None)
+    config = stage2_config.get_config("tiny")
+    config.model.update(window=16, context=4, width=32, num_layers=2, num_heads=4)
+    config.data.update(root=motion_root, batch_size=8, num_threads=1, eval_windows=8, stride=4)
+    config.train.update(num_steps=1, eval_every=1, checkpoint_every=1, log_every=1)
+    loop.train(config, str(tmp_path / "stage2"))
+    info = export.export(str(tmp_path), str(tmp_path / "stage2"), str(tmp_path / "model"), log=lambda _: None)
+    assert info["trained"]["stage1_step"] is None and info["stage1_framing"] == "liveportrait"
+    assert "published weights" in (tmp_path / "model" / "README.md").read_text()
+    exported = checkpoints.load_model(str(tmp_path / "model")).stage1
+    assert exported.model.cfg == published and exported.framing == "liveportrait"
+    jax.tree.map(np.testing.assert_array_equal, exported.variables, variables)

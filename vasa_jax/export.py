@@ -1,4 +1,5 @@
-"""`python -m vasa_jax.export`: one self-contained model folder from a stage-1 and a stage-2 training workdir.
+"""`python -m vasa_jax.export`: one self-contained model folder from a stage-1 and a stage-2 training workdir (or,
+for stage 1, a folder of LivePortrait's published checkpoint files).
 
   python -m vasa_jax.export --stage1 STAGE1_WORKDIR --stage2 STAGE2_WORKDIR --out MODEL_DIR [--wav2vec2_dir DIR]
   python -m vasa_jax.generate --model MODEL_DIR --image FACE.jpg --audio SPEECH.wav --out OUT.mp4
@@ -9,6 +10,7 @@ parameters as safetensors (no pickle), both configs, the normalisation statistic
 temporary name and renamed when complete, so an interrupted export leaves no half model.
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -43,6 +45,10 @@ def model_card(info: dict) -> str:
     encoder = info["audio_encoder"]
     classes = ", ".join(info["emotion_classes"]) or "none named"
     stage1_kind = "LivePortrait's renderer" if s1.get("task") == "liveportrait" else "face latent model"
+    if trained["stage1_step"] is None:
+        stage1_trained = f"LivePortrait's published weights from `{trained['stage1_workdir']}` (not fine-tuned)"
+    else:
+        stage1_trained = f"{trained['stage1_step']} training steps in `{trained['stage1_workdir']}`"
     return f"""# vasa_jax talking-head model
 
 Exported by `python -m vasa_jax.export` (model format {info['format']}). Generate with
@@ -50,7 +56,7 @@ Exported by `python -m vasa_jax.export` (model format {info['format']}). Generat
 `TalkingHeadPipeline.from_model("THIS_FOLDER")`.
 
 ## Stage 1: {stage1_kind}
-- {trained['stage1_step']} training steps in `{trained['stage1_workdir']}`; image size {s1['model']['image_size']},
+- {stage1_trained}; image size {s1['model']['image_size']},
   data: {json.dumps(s1.get('data', {}).get('root') or 'synthetic heads')}.
 - Last evaluation {trained['stage1_eval']}.
 
@@ -80,9 +86,11 @@ def export(stage1_dir: str, stage2_dir: str, out: str, wav2vec2_dir: str | None 
         manifest = motion_data.read_json(os.path.join(stage2.config.data.root, motion_data.MANIFEST))
     except (FileNotFoundError, ValueError) as err:
         raise ExportError(str(err)) from None
-    if stage1.config is None:
-        raise ExportError(f"{stage1_dir} holds LivePortrait's published files, not a training workdir: generate with "
-                          "--stage1 on it directly, or export a workdir fine-tuned from it (configs/stage1.py:liveportrait)")
+    imported = stage1.config is None  # a folder of LivePortrait's published files, not a training workdir
+    # Its model.json records the layout it was read with (the published sizes) as a "liveportrait" config, so that
+    # load_model rebuilds it as it does a fine-tuned LivePortrait workdir.
+    stage1_config = ({"task": "liveportrait", "model": dataclasses.asdict(stage1.model.cfg)} if imported
+                     else stage1.config.to_dict())
     if manifest.get("motion_source") != "stage1":
         raise ExportError(f"{stage2_dir} was trained on {manifest.get('motion_source')!r} motion, not on a stage 1's")
     motion_dim = 7 + stage1.model.cfg.dynamics_dim
@@ -123,7 +131,7 @@ def export(stage1_dir: str, stage2_dir: str, out: str, wav2vec2_dir: str | None 
             description = {k: v for k, v in description.items() if k != "checkpoint_dir"}
         info = {
             "format": checkpoints.MODEL_FORMAT,
-            "stage1_config": stage1.config.to_dict(),
+            "stage1_config": stage1_config,
             "stage1_framing": stage1.framing,
             "stage2_config": stage2.config.to_dict(),
             "stage2_dims": {k: int(getattr(stage2.model_cfg, k)) for k in checkpoints.STAGE2_DIMS},
@@ -134,8 +142,10 @@ def export(stage1_dir: str, stage2_dir: str, out: str, wav2vec2_dir: str | None 
             "files": files,
             "trained": {
                 "stage1_workdir": os.path.abspath(stage1_dir), "stage2_workdir": os.path.abspath(stage2_dir),
-                "stage1_step": checkpoints.latest_step(stage1_dir), "stage2_step": checkpoints.latest_step(stage2_dir),
-                "stage1_eval": _eval_line(stage1_dir), "stage2_eval": _eval_line(stage2_dir),
+                "stage1_step": None if imported else checkpoints.latest_step(stage1_dir),
+                "stage2_step": checkpoints.latest_step(stage2_dir),
+                "stage1_eval": "none (LivePortrait's published weights)" if imported else _eval_line(stage1_dir),
+                "stage2_eval": _eval_line(stage2_dir),
                 "motion_dataset": os.path.abspath(stage2.config.data.root),
                 "data_source": manifest.get("source", "synthetic"),
             },
@@ -150,7 +160,8 @@ def export(stage1_dir: str, stage2_dir: str, out: str, wav2vec2_dir: str | None 
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    log(f"exported {out}: stage 1 step {info['trained']['stage1_step']}, stage 2 step "
+    stage1_from = "LivePortrait's published weights" if imported else f"step {info['trained']['stage1_step']}"
+    log(f"exported {out}: stage 1 {stage1_from}, stage 2 step "
         f"{info['trained']['stage2_step']}, {description['kind']} audio features")
     return info
 
@@ -167,7 +178,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.DEFINE_string("stage1", None, "stage-1 training workdir", required=True)
+    flags.DEFINE_string("stage1", None, "stage-1 training workdir, or a folder of LivePortrait's published files",
+                        required=True)
     flags.DEFINE_string("stage2", None, "stage-2 training workdir", required=True)
     flags.DEFINE_string("out", None, "the model folder to write (must not exist)", required=True)
     flags.DEFINE_string("wav2vec2_dir", None, "the Wav2Vec2 checkpoint folder, if not where the motion dataset "
