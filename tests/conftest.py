@@ -55,11 +55,18 @@ def trained_judge(tmp_path_factory, worker_id):
         return judge.load_or_train(str(run_dir / "judge"), judge.JudgeConfig(), log=lambda message: None)
 
 
-# The longest file runs first (the judge, then a 1000-step stage 1: about half the suite's time on one worker while
-# the other takes the rest), and the judge's own file last (it would wait for that judge); pytest.ini keeps this
+# The longest files run first, so that neither worker is left with a long file at the end: with `-m long`, the
+# expression test (the judge, then a 1000-step stage 1), then the files of the default run with the most training
+# runs; the judge's own file last (it would wait for the judge the expression test trains). pytest.ini keeps this
 # order for the workers (`--no-loadscope-reorder`).
-FIRST, LAST = "test_expression.py", "test_judge.py"
+FIRST = ("test_expression.py", "test_generate.py", "test_prepare.py", "test_train_stage1.py", "test_train_stage2.py")
+LAST = "test_judge.py"
+
+
+def _file_rank(item) -> int:
+    name = item.path.name
+    return FIRST.index(name) if name in FIRST else len(FIRST) + (name == LAST)
 
 
 def pytest_collection_modifyitems(items):
-    items.sort(key=lambda item: {FIRST: 0, LAST: 2}.get(item.path.name, 1))
+    items.sort(key=_file_rank)

@@ -43,6 +43,7 @@ def transfer(tmp_path_factory, request):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_an_open_mouth_reaches_the_pixels(transfer):
     """Measured with this configuration (1000 steps, 16 clips): mouth PSNR +3.4 dB over copying the portrait on the
     frames whose mouth opens by more than 0.5, judged mouth r = 0.80, and -0.06 with the portrait's own dynamics

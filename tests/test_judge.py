@@ -38,6 +38,7 @@ def test_save_and_load_give_the_same_readings(tmp_path):
         judge_lib.Judge.load(str(tmp_path / "missing"))
 
 
+@pytest.mark.long
 def test_trained_judge_reads_held_out_identities(trained_judge):
     """Validation frames of the test identities (never trained on), labels drawn independently."""
     validation = trained_judge.info["validation"]
@@ -46,6 +47,7 @@ def test_trained_judge_reads_held_out_identities(trained_judge):
     assert min(validation["r_yaw"], validation["r_pitch"], validation["r_roll"]) > 0.9, validation
 
 
+@pytest.mark.long
 def test_trained_judge_reads_a_talking_clip(trained_judge):
     """On the true frames of a held-out speaker's clip the judged mouth follows the speech's mouth opening, and a
     blink is seen as closed eyes. The 2026-11-29 judge read the clips' true blink frames at 0.33-0.76 against
