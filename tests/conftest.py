@@ -11,9 +11,9 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 # One persistent compilation cache for the whole run, made by the controlling process and inherited by the xdist
-# workers and by every command-line run the tests start: the same tiny stage-1 step is compiled by a dozen training
-# processes (the SIGKILL test's three runs, the quickstart, the expression test, the CLI fixtures), and on a
-# 2-core CPU its compile is 1.5-2.5 minutes of each (one process: 3:13 cold, 1:00 from the cache). A maximum size
+# workers and by every command-line run the tests start: the same programs are compiled by many training processes
+# (the SIGKILL tests' three runs each, the CLI fixtures, the expression test), and on a slow 2-core CPU the tiny
+# stage-1 step's compile is 86 s cold and 27 s from the cache (a 6-step run: 3:13 against 1:00). A maximum size
 # turns on the cache's file lock, so two workers never read an entry the other is still writing. Emptied at the
 # end of the run: nothing carries over between runs.
 if "PYTEST_XDIST_WORKER" not in os.environ and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
