@@ -1,6 +1,7 @@
 """Data preparation: video decoding at 25 fps, the prepare command on the shared real videos and on bad inputs,
 kill-and-resume, the stage-1 source and its augmentation, and a short stage-1 run on the prepared data."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -425,6 +426,79 @@ def test_command_line_reports_a_missing_input(tmp_path):
                              "--output", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: --input")
+
+
+@needs_media
+def test_beam_runner_prepares_the_same_clips_and_records_as_the_process_pool(prepared_media, tmp_path):
+    """--runner=beam through the command line (DirectRunner, two worker processes) on part of the fixture's input:
+    the same clips kept and skipped with the same reasons, clip files and records identical to the pool's."""
+    pytest.importorskip("apache_beam", reason="requirements-beam.txt is not installed")
+    names = ["real3dportrait_May_5s.mp4", "liveportrait_d0.mp4", "empty.mp4", "one_second.mp4"]
+    folder, output = tmp_path / "raw", tmp_path / "beam"
+    folder.mkdir()
+    for name in names:
+        os.symlink(os.path.realpath(os.path.join(prepared_media["input"], name)), folder / name)
+    result = subprocess.run(
+        [sys.executable, "-m", "vasa_jax.data.prepare", "--input", str(folder), "--output", str(output),
+         "--resolution", "128", "--layout", "auto", "--emotion_model", prepared_media["config"].emotion_model,
+         "--runner=beam", "--beam_options=--direct_num_workers=2 --direct_running_mode=multi_processing"],
+        cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.load(open(output / "summary.json"))
+    pool = prepared_media["summary"]
+    assert summary["kept"] == 2 and summary["this_run"]["runner"] == "beam"
+    ours = {n: reason.replace(str(folder), prepared_media["input"]) for n, reason in summary["skipped_clips"].items()}
+    assert ours == {n: pool["skipped_clips"][n] for n in names if n in BAD}  # (the reasons name the input path)
+    assert not (output / "beam").exists()  # the results' hand-over folder is removed
+
+    pool_clips = os.path.join(prepared_media["output"], "clips")
+    for name in names[:2]:
+        with np.load(output / "clips" / (prepare.clip_key(name) + ".npz")) as ours, \
+                np.load(os.path.join(pool_clips, prepare.clip_key(name) + ".npz")) as theirs:
+            assert sorted(ours.files) == sorted(theirs.files)
+            for key in ours.files:
+                assert np.array_equal(ours[key], theirs[key]), (name, key)
+    ours, theirs = _records(str(output)), _records(prepared_media["output"])
+    assert sorted(ours) == sorted(k for k in theirs if k[0] in {prepare.clip_key(n) for n in names[:2]})
+    for key, record in ours.items():
+        for field, value in record.items():
+            if field != "identity_index":  # the index among the identities of each run
+                assert np.array_equal(np.asarray(value), np.asarray(theirs[key][field])), (key, field)
+
+    # TFDS's Beam writer orders the records by key, the in-process writer by arrival: both must store them in the
+    # index's order. Rebuilt from the same clip files with short segments (over ten records in a split, where
+    # keys sorted as text would put record 10 before record 2), with Beam and without.
+    from vasa_jax.data import prepare_beam
+
+    short = dataclasses.replace(prepared_media["config"], segment_seconds=0.4)
+    clips = [(prepare.clip_key(names[0]), "a", "train"), (prepare.clip_key(names[1]), "b", "test")]
+    copy = tmp_path / "pool"
+    shutil.copytree(output / "clips", copy / "clips")
+    counts = prepared.build_dataset(str(output), clips, short, prepare_beam.pipeline_options(""))
+    assert counts == prepared.build_dataset(str(copy), clips, short) and counts["train"] > 10
+    index = prepared.load_index(str(output))
+    assert index == prepared.load_index(str(copy))
+    for split in prepared.SPLITS:
+        beam_split, pool_split = prepared.open_split(str(output), split), prepared.open_split(str(copy), split)
+        assert len(beam_split) == len(pool_split) == len(index["records"][split])
+        for position, entry in enumerate(index["records"][split]):
+            record = beam_split[position]
+            assert (record["clip"].decode(), int(record["segment"])) == (entry["clip"], entry["segment"])
+            assert all(np.array_equal(np.asarray(v), np.asarray(pool_split[position][k])) for k, v in record.items())
+
+
+def test_beam_options_are_checked_before_any_clip(tmp_path):
+    pytest.importorskip("apache_beam", reason="requirements-beam.txt is not installed")
+    command = [sys.executable, "-m", "vasa_jax.data.prepare", "--input", str(tmp_path), "--output",
+               str(tmp_path / "out")]
+    unknown = subprocess.run(command + ["--runner=beam", "--beam_options=--direct_num_workers=2 --no_such=1"],
+                             cwd=ROOT, capture_output=True, text=True)
+    assert unknown.returncode == 1
+    assert unknown.stderr.strip().splitlines()[-1] == "error: --beam_options: unknown Beam option(s) --no_such"
+    assert not (tmp_path / "out").exists()
+    without_beam = subprocess.run(command + ["--beam_options=--direct_num_workers=2"], cwd=ROOT,
+                                  capture_output=True, text=True)
+    assert without_beam.returncode == 2 and "--beam_options needs --runner=beam" in without_beam.stderr
 
 
 @pytest.fixture(scope="module")

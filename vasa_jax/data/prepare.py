@@ -1,6 +1,7 @@
 """Raw talking-head videos -> a labelled, sharded dataset the trainers read.
 
     python -m vasa_jax.data.prepare --input DIR --output DIR [--resolution 256] [--layout auto] [--workers N]
+        [--runner local|beam] [--beam_options "BEAM FLAGS"]
 
 Each video under DIR (any container and codec FFmpeg decodes) becomes one or more records of at most
 `--segment_seconds`: frames resampled to 25 fps, cropped around one tracked face (a smoothed square, VoxCeleb-like
@@ -23,6 +24,9 @@ Bad clips (unreadable, truncated, a still image, too short, no face, several fac
 lost) are skipped with their reason; nothing stops the run. Clip files are written atomically, so a killed run
 leaves no half-written clip, and the TFDS dataset is rebuilt from the finished clips at the end of every run (TFDS
 writes into a temporary directory and renames it, so the dataset on disk is always complete).
+
+`--runner=beam` does the same per-clip work and writes the same dataset as an Apache Beam pipeline, for Dataflow,
+Flink or Spark (`vasa_jax.data.prepare_beam`); the local process pool is the default.
 """
 
 from __future__ import annotations
@@ -384,8 +388,11 @@ def _finished(output_dir: str, key: str) -> Optional[dict]:
     return None
 
 
-def prepare(input_dir: str, output_dir: str, config: PrepareConfig, workers: int = 1, log=print) -> dict:
-    """Prepare every video under `input_dir` into `output_dir` (see the module docstring). Returns the summary."""
+def prepare(input_dir: str, output_dir: str, config: PrepareConfig, workers: int = 1, log=print,
+            beam_options=None) -> dict:
+    """Prepare every video under `input_dir` into `output_dir` (see the module docstring). Returns the summary.
+    The clips are prepared by `workers` local processes, or, given `beam_options` (Apache Beam `PipelineOptions`,
+    see `vasa_jax.data.prepare_beam`), by a Beam pipeline on the runner they name, which also writes the dataset."""
     from vasa_jax.data import prepared
 
     if not os.path.isdir(input_dir):
@@ -405,28 +412,37 @@ def prepare(input_dir: str, output_dir: str, config: PrepareConfig, workers: int
             todo.append(relpath)
         else:
             results[relpath] = dict(previous, relpath=relpath)
+    how = f"{workers} worker(s)" if beam_options is None else "Apache Beam"
     log(f"prepare: {len(relpaths)} videos in {input_dir} (layout {layout}); {len(results)} already done, "
-        f"{len(todo)} to do with {workers} worker(s)")
+        f"{len(todo)} to do with {how}")
 
     start = time.perf_counter()
     seconds_done = 0.0
     tasks = [(input_dir, relpath, output_dir, config) for relpath in todo]
-    for number, result in enumerate(map_isolating_crashes(_worker, tasks, workers, _crashed), 1):
+    if beam_options is None:
+        finished = map_isolating_crashes(_worker, tasks, workers, _crashed)
+    else:
+        from vasa_jax.data import prepare_beam
+
+        finished = prepare_beam.prepare_clips(tasks, output_dir, beam_options)  # all at once, when the run ends
+    for number, result in enumerate(finished, 1):
         results[result["relpath"]] = result
         elapsed = time.perf_counter() - start
         seconds_done += result.get("seconds", 0.0)
         what = (f"kept, {result['seconds']:.1f} s, audio {result['audio']}" if result["status"] == "kept"
                 else f"skipped: {result['reason']}")
-        eta = elapsed / number * (len(tasks) - number)
-        log(f"[{number}/{len(tasks)}] {result['relpath']}: {what} ({result['time']:.1f} s; "
-            f"{seconds_done / max(elapsed, 1e-9):.2f} s of video per s; ETA {eta:.0f} s)")
+        progress = ""
+        if beam_options is None:  # (Beam's results all arrive when its pipeline has finished)
+            eta = elapsed / number * (len(tasks) - number)
+            progress = f"; {seconds_done / max(elapsed, 1e-9):.2f} s of video per s; ETA {eta:.0f} s"
+        log(f"[{number}/{len(tasks)}] {result['relpath']}: {what} ({result['time']:.1f} s{progress})")
     elapsed = time.perf_counter() - start
 
     kept = sorted(r for r, v in results.items() if v["status"] == "kept")
     identities = {r: identity_of(r, layout) for r in kept}
     splits = split_identities(list(identities.values()), config.test_fraction)
     records = prepared.build_dataset(
-        output_dir, [(clip_key(r), identities[r], splits[identities[r]]) for r in kept], config
+        output_dir, [(clip_key(r), identities[r], splits[identities[r]]) for r in kept], config, beam_options
     )
     skipped = {r: v["reason"] for r, v in results.items() if v["status"] == "skipped"}
     reasons: Dict[str, int] = {}
@@ -439,7 +455,8 @@ def prepare(input_dir: str, output_dir: str, config: PrepareConfig, workers: int
         "skipped_clips": skipped, "records": records,
         "identities": {split: sorted({i for i in identities.values() if splits[i] == split}) for split in ("train", "test")},
         "this_run": {"clips": len(tasks), "seconds_of_video": seconds_done, "wall_seconds": elapsed,
-                     "workers": workers,
+                     "workers": workers if beam_options is None else None,
+                     "runner": "local" if beam_options is None else "beam",
                      "video_seconds_per_second": seconds_done / elapsed if elapsed > 0 else None},
     }
     atomic.write_json(os.path.join(output_dir, "summary.json"), summary)
@@ -456,7 +473,13 @@ def main(argv=None):
     parser.add_argument("--output", required=True, help="dataset folder (created; a rerun resumes)")
     parser.add_argument("--resolution", type=int, default=PrepareConfig.resolution)
     parser.add_argument("--layout", choices=LAYOUTS, default="auto")
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=1, help="local worker processes (with --runner=local)")
+    parser.add_argument("--runner", choices=("local", "beam"), default="local",
+                        help="local: a process pool on this machine; beam: an Apache Beam pipeline "
+                             "(requirements-beam.txt; see vasa_jax/data/prepare_beam.py)")
+    parser.add_argument("--beam_options", default="",
+                        help="Beam pipeline flags with --runner=beam, e.g. \"--direct_num_workers=8 "
+                             "--direct_running_mode=multi_processing\" or \"--runner=DataflowRunner ...\"")
     parser.add_argument("--segment_seconds", type=float, default=PrepareConfig.segment_seconds)
     parser.add_argument("--min_seconds", type=float, default=PrepareConfig.min_seconds)
     parser.add_argument("--min_face_size", type=float, default=PrepareConfig.min_face_size)
@@ -469,10 +492,17 @@ def main(argv=None):
     config = PrepareConfig(resolution=args.resolution, layout=args.layout, segment_seconds=args.segment_seconds,
                            min_seconds=args.min_seconds, min_face_size=args.min_face_size,
                            test_fraction=args.test_fraction, emotion_model=args.emotion_model)
+    if args.beam_options and args.runner != "beam":
+        parser.error("--beam_options needs --runner=beam")
     try:
+        beam_options = None
+        if args.runner == "beam":
+            from vasa_jax.data import prepare_beam
+
+            beam_options = prepare_beam.pipeline_options(args.beam_options)  # bad flags fail here, before any clip
         if config.emotion_model:
             emotion.load_emotion_model(config.emotion_model)  # a bad model file fails here, before any clip
-        prepare(args.input, args.output, config, workers=max(1, args.workers))
+        prepare(args.input, args.output, config, workers=max(1, args.workers), beam_options=beam_options)
     except (FileNotFoundError, ValueError, face.FaceAnalysisError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -480,4 +510,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Through the module's importable name: a Beam worker unpickles the tasks' PrepareConfig by its module's name,
+    # which under `python -m` would otherwise be __main__ (the worker's own).
+    from vasa_jax.data import prepare as importable
+
+    sys.exit(importable.main())

@@ -22,7 +22,7 @@ import functools
 import json
 import os
 import shutil
-from typing import Dict, List, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 import numpy as np
 
@@ -88,9 +88,35 @@ def _segment_record(arrays, start: int, end: int, samples_per_frame: int) -> Dic
     }
 
 
-def build_dataset(root: str, clips: List[Tuple[str, str, str]], config) -> Dict[str, int]:
+def clip_examples(entries: List[dict], root: str, samples_per_frame: int) -> Iterator[Tuple[int, dict]]:
+    """The TFDS (key, example) pairs of one clip's planned segments (`entries`, all of one clip). The key is the
+    record's position in its split: the Beam writer orders records by key, the in-process one by arrival, and
+    both then store them in the index's order."""
+    with np.load(os.path.join(root, "clips", entries[0]["clip"] + ".npz")) as data:
+        arrays = {k: data[k] for k in data.files}
+    for entry in entries:
+        start = entry["start_frame"]
+        record = _segment_record(arrays, start, start + entry["num_frames"], samples_per_frame)
+        record.update({k: entry[k] for k in ("clip", "identity", "identity_index", "segment", "start_frame")})
+        yield entry["position"], record
+
+
+def _by_clip(entries: List[dict]) -> List[List[dict]]:
+    """The plan's entries grouped by clip (a clip's segments are consecutive), so each clip file is read once."""
+    groups: List[List[dict]] = []
+    for entry in entries:
+        if groups and groups[-1][0]["clip"] == entry["clip"]:
+            groups[-1].append(entry)
+        else:
+            groups.append([entry])
+    return groups
+
+
+def build_dataset(root: str, clips: List[Tuple[str, str, str]], config, beam_options=None) -> Dict[str, int]:
     """(Re)build the TFDS dataset of `root` from its finished clip files. `clips`: (key, identity, split) per kept
-    clip. Writes DIR/index.json. Returns the number of records per split."""
+    clip. Writes DIR/index.json. Returns the number of records per split. With `beam_options` (Apache Beam
+    `PipelineOptions`), the records are written by a Beam pipeline on the runner they name (TFDS's Beam writer):
+    the same records, in the same order."""
     import tensorflow_datasets as tfds
 
     tfds.disable_progress_bar()
@@ -110,16 +136,19 @@ def build_dataset(root: str, clips: List[Tuple[str, str, str]], config) -> Dict[
                                 "segment": number, "start_frame": start, "num_frames": end - start,
                                 "has_audio": has_audio})
 
-    def generate(entries):
-        loaded_key, arrays = None, None
-        for entry in entries:  # a clip's segments are consecutive: each clip file is read once
-            if entry["clip"] != loaded_key:
-                with np.load(os.path.join(root, "clips", entry["clip"] + ".npz")) as data:
-                    loaded_key, arrays = entry["clip"], {k: data[k] for k in data.files}
-            start = entry["start_frame"]
-            record = _segment_record(arrays, start, start + entry["num_frames"], samples_per_frame)
-            record.update({k: entry[k] for k in ("clip", "identity", "identity_index", "segment", "start_frame")})
-            yield f"{entry['clip']}#{entry['segment']}", record
+    def positioned(split):
+        return [dict(entry, position=position) for position, entry in enumerate(plan[split])]
+
+    def examples(split):
+        for group in _by_clip(positioned(split)):
+            yield from clip_examples(group, root, samples_per_frame)
+
+    def beam_examples(split):
+        import apache_beam as beam
+
+        # Reshuffle: one clip per work item, so that a runner spreads the clips over its workers.
+        return (beam.Create(_by_clip(positioned(split))) | beam.Reshuffle()
+                | beam.FlatMap(clip_examples, root=root, samples_per_frame=samples_per_frame))
 
     class TalkingHeads(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         """Prepared talking-head clips (vasa_jax.data.prepare)."""
@@ -132,10 +161,10 @@ def build_dataset(root: str, clips: List[Tuple[str, str, str]], config) -> Dict[
                                          description="Talking-head clips prepared by vasa_jax.data.prepare")
 
         def _split_generators(self, dl_manager):
-            return {split: self._generate_examples(plan[split]) for split in SPLITS if plan[split]}
+            return {split: self._generate_examples(split) for split in SPLITS if plan[split]}
 
-        def _generate_examples(self, entries):
-            return generate(entries)
+        def _generate_examples(self, split):
+            return examples(split) if beam_options is None else beam_examples(split)
 
     target = dataset_dir(root)
     if os.path.exists(target):
@@ -144,7 +173,9 @@ def build_dataset(root: str, clips: List[Tuple[str, str, str]], config) -> Dict[
     if os.path.exists(index_path):
         os.remove(index_path)
     if clips:
-        TalkingHeads(data_dir=os.path.join(root, "tfds"), file_format="array_record").download_and_prepare()
+        download_config = tfds.download.DownloadConfig(beam_options=beam_options) if beam_options is not None else None
+        TalkingHeads(data_dir=os.path.join(root, "tfds"), file_format="array_record").download_and_prepare(
+            download_config=download_config)
         atomic.write_json(index_path, {"identities": identities, "fps": config.fps, "sample_rate": config.sample_rate,
                                        "resolution": config.resolution, "records": plan}, indent=None)
     return {split: len(plan[split]) for split in SPLITS}

@@ -1,0 +1,77 @@
+"""Data preparation on Apache Beam: `python -m vasa_jax.data.prepare --runner=beam [--beam_options="..."]`.
+
+The same per-clip work as the local process pool (`prepare._worker`: decode, track, crop, label, write the clip
+file or its skip record), as a Beam pipeline, so that Dataflow, Flink or Spark can spread VoxCeleb-scale video over
+many machines; then the TFDS dataset is written by TFDS's Beam writer on the same runner
+(`prepared.build_dataset(..., beam_options=...)`). Both runners write the same files: a clip file per finished
+clip is still the resumable unit, so a rerun (with either runner) does only the clips not yet done.
+
+`--beam_options` are Beam's own pipeline flags, for example:
+  --direct_num_workers=8 --direct_running_mode=multi_processing      (DirectRunner, the default: one machine)
+  --runner=DataflowRunner --project=P --region=R --temp_location=gs://... --sdk_container_image=IMAGE
+A distributed runner's workers need the project and its requirements (MediaPipe, PyAV, OpenCV) installed, which a
+container image built from requirements.txt and requirements-face.txt gives, and must see the input and output
+folders at the same paths (a shared file system).
+
+Failure handling is the runner's: a Python error in a clip is a skip reason as in the local pool (`_worker` never
+raises), but a native crash kills the worker that ran it, and the runner retries or fails the work item (the local
+pool retries each suspect alone and records the culprit). Either way the clips already written stay done.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shlex
+import shutil
+import uuid
+from typing import List
+
+
+def pipeline_options(flags: str):
+    """Beam `PipelineOptions` from a string of Beam's command-line flags. Unknown flags are an error here, before
+    any clip is prepared (Beam itself would only log them)."""
+    try:
+        from apache_beam.options.pipeline_options import PipelineOptions
+    except ModuleNotFoundError as missing:
+        if missing.name != "apache_beam":
+            raise
+        raise ValueError("--runner=beam needs Apache Beam: pip install -r requirements-beam.txt") from None
+
+    arguments = shlex.split(flags)
+    options = PipelineOptions(arguments)
+    unknown = options.get_all_options(retain_unknown_options=True, drop_default=True)
+    known = options.get_all_options(drop_default=True)
+    leftover = sorted(set(unknown) - set(known))
+    if leftover:
+        raise ValueError(f"--beam_options: unknown Beam option(s) {', '.join('--' + k for k in leftover)}")
+    return options
+
+
+def prepare_clips(tasks: List[tuple], output_dir: str, options) -> List[dict]:
+    """Run `prepare._worker` on every task in a Beam pipeline; return the workers' results (one dict per task, in
+    no particular order). The results travel back through text files under `output_dir/beam/` (every runner can
+    write those), read and removed once the pipeline has finished."""
+    import apache_beam as beam
+
+    from vasa_jax.data import prepare
+
+    if not tasks:
+        return []
+    results_dir = os.path.join(output_dir, "beam", uuid.uuid4().hex)
+    with beam.Pipeline(options=options) as pipeline:
+        _ = (pipeline
+             | "Clips" >> beam.Create(tasks)
+             | "OneClipPerWorkItem" >> beam.Reshuffle()
+             | "Prepare" >> beam.Map(prepare._worker)
+             | "AsJson" >> beam.Map(json.dumps)
+             | "Results" >> beam.io.WriteToText(os.path.join(results_dir, "results"), file_name_suffix=".jsonl"))
+    results = []
+    for path in sorted(glob.glob(os.path.join(results_dir, "results*.jsonl"))):
+        with open(path) as f:
+            results += [json.loads(line) for line in f if line.strip()]
+    shutil.rmtree(os.path.join(output_dir, "beam"))
+    if len(results) != len(tasks):
+        raise RuntimeError(f"the Beam pipeline returned {len(results)} results for {len(tasks)} clips")
+    return results
