@@ -30,6 +30,35 @@ if "PYTEST_XDIST_WORKER" not in os.environ and "JAX_COMPILATION_CACHE_DIR" not i
 import pytest
 
 
+# The etils.epath operations a gs:// path goes through; the bucket fixture serves them from a folder.
+OPERATIONS = ("copy", "exists", "glob", "isdir", "listdir", "makedirs", "mkdir", "open", "remove", "rename",
+              "replace", "rmtree", "stat", "walk")
+
+
+@pytest.fixture
+def bucket(tmp_path, monkeypatch):
+    """gs:// served from tmp_path/bucket for the test's duration; the working directory is an empty folder."""
+    root = tmp_path / "bucket"
+    root.mkdir()
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+
+    def local(path):
+        text = os.fspath(path)
+        return str(root / text[len("gs://"):]) if text.startswith("gs://") else text
+
+    def redirect(original, path, *args, **kwargs):
+        args = [local(a) if isinstance(a, str) and a.startswith("gs://") else a for a in args]
+        return original(local(path), *args, **kwargs)
+
+    from etils.epath import testing as epath_testing
+
+    with epath_testing.mock_epath(**{name: redirect for name in OPERATIONS}):
+        yield root
+    assert os.listdir(cwd) == [], "something was written to a local folder instead of the bucket"
+
+
 @pytest.fixture
 def free_port() -> int:
     """A TCP port free on the loopback now: the coordinator address of a multi-process test's jax.distributed."""

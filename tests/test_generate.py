@@ -334,9 +334,12 @@ def test_trained_models_load_exactly_and_without_the_trainer(checkpoints, tmp_pa
     assert out.strip().splitlines()[-1] == "[]"
 
 
-def test_an_exported_model_generates_what_the_workdirs_do(checkpoints, portrait, tmp_path):
-    """`python -m vasa_jax.export` -> a folder that generates the workdirs' frames bit for bit; parts that do not
-    belong together, a non-model folder and an occupied destination are one-line refusals."""
+def test_an_exported_model_generates_what_the_workdirs_do(checkpoints, portrait, tmp_path, bucket):
+    """`python -m vasa_jax.export` -> a folder that generates the workdirs' frames bit for bit, also read from a
+    gs:// URL (conftest's `bucket`); parts that do not belong together, a non-model folder and an occupied
+    destination are one-line refusals."""
+    import shutil
+
     from safetensors.numpy import load_file, save_file
 
     _, stage1, stage2 = checkpoints
@@ -346,6 +349,11 @@ def test_an_exported_model_generates_what_the_workdirs_do(checkpoints, portrait,
     from_workdirs = TalkingHeadPipeline.from_workdirs(stage1, stage2).generate(portrait, speech, num_steps=3)
     from_model = TalkingHeadPipeline.from_model(model).generate(portrait, speech, num_steps=3)
     np.testing.assert_array_equal(from_model.frames, from_workdirs.frames)
+    shutil.copytree(model, bucket / "models" / "talking")
+    from_url = TalkingHeadPipeline.from_model("gs://models/talking").generate(portrait, speech, num_steps=3)
+    np.testing.assert_array_equal(from_url.frames, from_workdirs.frames)
+    with pytest.raises(GenerationError, match="is not a directory"):
+        TalkingHeadPipeline.from_model("gs://models/nothing")
     from vasa_jax.data import synthetic
     from vasa_jax.generate import emotion_vector
 

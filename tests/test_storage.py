@@ -1,8 +1,9 @@
-"""Workdirs at URLs (issue 14): `vasa_jax.storage` turns what a user gives into a local path or an object-store URL,
-refuses a scheme nobody serves, and the trainer's own writes (evaluation JSON, sample PNGs, TensorBoard events,
-the data iterator's position) reach a gs:// workdir through etils.epath. No test can reach Cloud Storage: here
-etils' public test hook (`etils.epath.testing.mock_epath`) serves gs:// from a temporary folder, so the test sees
-every byte the trainer sends to the bucket, and that nothing lands in a local folder named after the scheme."""
+"""Workdirs and datasets at URLs (issue 14): `vasa_jax.storage` turns what a user gives into a local path or an
+object-store URL, refuses a scheme nobody serves, and the trainer's own writes (evaluation JSON, sample PNGs,
+TensorBoard events, the data iterator's position) and the motion datasets reach a gs:// folder through etils.epath.
+No test can reach Cloud Storage: here etils' public test hook (`etils.epath.testing.mock_epath`, the `bucket`
+fixture of conftest.py) serves gs:// from a temporary folder, so the test sees every byte sent to the bucket, and
+that nothing lands in a local folder named after the scheme."""
 
 import json
 import os
@@ -11,35 +12,9 @@ import struct
 import cv2
 import numpy as np
 import pytest
-from etils.epath import testing as epath_testing
 
 from vasa_jax import storage
 from vasa_jax.train import checkpointing, loop, metrics
-
-OPERATIONS = ("copy", "exists", "glob", "isdir", "listdir", "makedirs", "mkdir", "open", "remove", "rename",
-              "replace", "rmtree", "stat", "walk")
-
-
-@pytest.fixture
-def bucket(tmp_path, monkeypatch):
-    """gs:// served from tmp_path/bucket for the test's duration; the working directory is an empty folder."""
-    root = tmp_path / "bucket"
-    root.mkdir()
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    monkeypatch.chdir(cwd)
-
-    def local(path):
-        text = os.fspath(path)
-        return str(root / text[len("gs://"):]) if text.startswith("gs://") else text
-
-    def redirect(original, path, *args, **kwargs):
-        args = [local(a) if isinstance(a, str) and a.startswith("gs://") else a for a in args]
-        return original(local(path), *args, **kwargs)
-
-    with epath_testing.mock_epath(**{name: redirect for name in OPERATIONS}):
-        yield root
-    assert os.listdir(cwd) == [], "something was written to a local folder instead of the bucket"
 
 
 def test_location_of_paths_and_urls(tmp_path, monkeypatch):
@@ -96,3 +71,33 @@ def _scalar_events(data: bytes) -> list:
         offset += 12 + length + 4
         found += [(value.tag, event.step, value.simple_value) for value in event.summary.value]
     return found
+
+
+def test_a_motion_dataset_is_written_to_and_read_from_a_gs_url(bucket):
+    """encode_motion's writer (clips, statistics, manifest) into gs://, and stage 2's window source reading it
+    back: the same windows as from the bucket's folder read as a local path."""
+    from vasa_jax.data import encode_motion, motion
+
+    rng = np.random.default_rng(0)
+
+    def clip_records(split, done):
+        for number in range(2 if split == "train" else 1):
+            frames = 40 + 7 * number
+            yield f"{split}_{number}", {
+                "motion": rng.normal(size=(frames, 5)).astype(np.float32),
+                "audio": rng.normal(size=(frames, 3)).astype(np.float32), "has_audio": np.bool_(True),
+                "gaze": rng.normal(size=2).astype(np.float32), "distance": rng.normal(size=1).astype(np.float32),
+                "emotion": np.zeros(0, np.float32), "identity": np.str_(f"person{number}")}
+
+    summary = encode_motion.write_dataset("gs://data/motion", clip_records, {"source": "test"}, log=lambda _: None)
+    assert summary["counts"] == {"train": 2, "test": 1}
+    assert sorted(os.listdir(bucket / "data" / "motion" / "clips" / "train")) == ["train_0.npz", "train_1.npz"]
+    assert json.loads((bucket / "data" / "motion" / motion.MANIFEST).read_text())["motion_dim"] == 5
+    remote = motion.MotionWindowSource("gs://data/motion", "train", window=16, context=4, stride=8)
+    local = motion.MotionWindowSource(str(bucket / "data" / "motion"), "train", window=16, context=4, stride=8)
+    assert remote.root == "gs://data/motion" and len(remote) == len(local) > 4
+    for index in range(len(local)):
+        for key, value in local[index].items():
+            np.testing.assert_array_equal(remote[index][key], value)
+    with pytest.raises(FileNotFoundError, match="is this a motion dataset"):
+        motion.MotionWindowSource("gs://data/nothing", "train", window=16, context=4)

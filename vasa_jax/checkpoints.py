@@ -11,7 +11,6 @@ optimizer, discriminator or loss network is built, and the optimizer state is no
 import dataclasses
 import hashlib
 import json
-import os
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -157,7 +156,7 @@ def stage2_model_config(config, dims: Mapping[str, int] | None = None) -> Stage2
     those recorded in the motion dataset's manifest) and the noise schedule (the network's output is
     preconditioned by it)."""
     if dims is None:
-        dims = motion_data.read_json(os.path.join(config.data.root, motion_data.MANIFEST))
+        dims = motion_data.read_json(storage.join(config.data.root, motion_data.MANIFEST))
     dims = {k: dims[k] for k in STAGE2_DIMS}
     return Stage2ModelConfig.from_config({**dict(config.model), **dims, **dict(config.diffusion)})
 
@@ -184,7 +183,7 @@ def load_stage2(workdir: str) -> Stage2Model:
     if _task_of(config) != "stage2":
         raise ValueError(f"{workdir} is a {_task_of(config)} workdir, not a stage-2 one")
     model_cfg = stage2_model_config(config)
-    stats = motion_data.read_json(os.path.join(config.data.root, motion_data.STATS))
+    stats = motion_data.read_json(storage.join(config.data.root, motion_data.STATS))
     stats = {k: np.asarray(v, np.float32) for k, v in stats.items()}
     return Stage2Model(model_cfg, restore_params(workdir, "dit", _stage2_abstract(model_cfg)), config, stats)
 
@@ -284,27 +283,29 @@ def load_model(directory: str) -> ExportedModel:
     """An exported model folder. Refuses, with one line, a folder that is not one, a file whose checksum differs
     from model.json's (a part from another export) and parameters that do not fit the recorded configs."""
     import ml_collections
-    from safetensors.numpy import load_file
+    from safetensors.numpy import load
 
-    path = os.path.join(directory, MODEL_FILE)
-    if not os.path.isfile(path):
+    directory = storage.location(directory)  # a local folder or an object store's URL
+    path = storage.join(directory, MODEL_FILE)
+    if not storage.exists(path):
         raise FileNotFoundError(f"{directory} is not an exported model ({MODEL_FILE} missing): "
                                 "python -m vasa_jax.export writes one")
-    with open(path) as fh:
-        info = json.load(fh)
+    info = json.loads(storage.read_text(path))
     if info.get("format") != MODEL_FORMAT:
         raise ValueError(f"{path}: model format {info.get('format')!r}, this version reads {MODEL_FORMAT}")
+    contents = {}  # each file read once, checked against its recorded digest
     for name, digest in info["files"].items():
-        file = os.path.join(directory, name)
-        if not os.path.isfile(file):
+        file = storage.join(directory, name)
+        if not storage.exists(file):
             raise FileNotFoundError(f"{directory}: {name} is missing")
-        if file_sha256(file) != digest:
+        contents[name] = storage.read_bytes(file)
+        if hashlib.sha256(contents[name]).hexdigest() != digest:
             raise ValueError(f"{directory}: {name} does not belong to this model (its SHA-256 differs from "
                              f"{MODEL_FILE}'s)")
     config1 = ml_collections.ConfigDict(info["stage1_config"])
     config2 = ml_collections.ConfigDict(info["stage2_config"])
     model_cfg2 = stage2_model_config(config2, info["stage2_dims"])
-    read = lambda stage: load_file(os.path.join(directory, PARAM_FILES[stage]))
+    read = lambda stage: load(contents[PARAM_FILES[stage]])
     what = f"{directory}/{PARAM_FILES['stage1']}"
     if _task_of(config1) == "liveportrait":  # its file holds every variable collection ("params/...", ...)
         model1, abstract = _liveportrait_abstract(config1)
@@ -321,7 +322,7 @@ def load_model(directory: str) -> ExportedModel:
         stage1=stage1,
         stage2=Stage2Model(model_cfg2, params2, config2, stats),
         audio_encoder=info["audio_encoder"],
-        audio_encoder_dir=os.path.join(directory, encoder_dir) if encoder_dir else None,
+        audio_encoder_dir=storage.join(directory, encoder_dir) if encoder_dir else None,
         emotion_classes=tuple(info.get("emotion_classes", ())),
         info=info,
     )

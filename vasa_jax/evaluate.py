@@ -42,6 +42,7 @@ from typing import Dict
 
 import numpy as np
 
+from vasa_jax import storage
 from vasa_jax.audio import frame_features
 from vasa_jax.data import motion as motion_data
 
@@ -114,7 +115,7 @@ def expression_columns(root: str) -> slice:
     """The columns of a motion dataset's motion vectors that are not head pose: the probes read the mouth and the
     gaze from these only (the synthetic speakers nod with their speech, so a probe that may read the pose reads
     the nodding)."""
-    source = motion_data.read_json(os.path.join(root, motion_data.MANIFEST)).get("motion_source")
+    source = motion_data.read_json(storage.join(root, motion_data.MANIFEST)).get("motion_source")
     pose_dims = {"ground_truth": 6, "stage1": 7}  # motion.ground_truth_motion; stage-1 z_pose
     if source not in pose_dims:
         raise ValueError(f"{root}: unknown motion source {source!r}")

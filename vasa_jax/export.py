@@ -20,7 +20,7 @@ import tempfile
 import numpy as np
 from absl import app, flags
 
-from vasa_jax import checkpoints
+from vasa_jax import checkpoints, storage
 from vasa_jax.audio import encoder_from_description
 from vasa_jax.data import motion as motion_data
 
@@ -83,7 +83,7 @@ def export(stage1_dir: str, stage2_dir: str, out: str, wav2vec2_dir: str | None 
     try:
         stage1 = checkpoints.load_stage1(stage1_dir)
         stage2 = checkpoints.load_stage2(stage2_dir)
-        manifest = motion_data.read_json(os.path.join(stage2.config.data.root, motion_data.MANIFEST))
+        manifest = motion_data.read_json(storage.join(stage2.config.data.root, motion_data.MANIFEST))
     except (FileNotFoundError, ValueError) as err:
         raise ExportError(str(err)) from None
     imported = stage1.config is None  # a folder of LivePortrait's published files, not a training workdir

@@ -248,8 +248,8 @@ class TalkingHeadPipeline:
             raise GenerationError(f"{stage1_dir} is a {stage1_config.task} workdir, not a stage-1 one")
         if stage2_config.get("task") != "stage2":
             raise GenerationError(f"{stage2_dir} is a {stage2_config.get('task', 'stage1')} workdir, not a stage-2 one")
-        manifest_path = os.path.join(stage2_config.data.root, motion_data.MANIFEST)
-        if not os.path.isfile(manifest_path):
+        manifest_path = storage.join(stage2_config.data.root, motion_data.MANIFEST)
+        if not storage.exists(manifest_path):
             raise GenerationError(f"{manifest_path} (the stage-2 motion dataset's manifest, for its normalisation "
                                   "statistics and audio encoder) is missing")
         manifest = motion_data.read_json(manifest_path)
@@ -274,13 +274,14 @@ class TalkingHeadPipeline:
 
     @classmethod
     def from_model(cls, model_dir: str, audio_encoder=None, **kwargs) -> "TalkingHeadPipeline":
-        """From an exported model folder (`python -m vasa_jax.export`): no workdir or dataset needed."""
-        from vasa_jax import checkpoints
+        """From an exported model folder (`python -m vasa_jax.export`; a local folder or an object store's URL): no
+        workdir or dataset needed."""
+        from vasa_jax import checkpoints, storage
         from vasa_jax.sampling import MotionSampler
 
-        if not model_dir or not os.path.isdir(model_dir):
-            raise GenerationError(f"--model {model_dir!r} is not a directory")
         try:
+            if not model_dir or not storage.isdir(storage.location(model_dir)):
+                raise GenerationError(f"--model {model_dir!r} is not a directory")
             model = checkpoints.load_model(model_dir)
             if audio_encoder is None:
                 audio_encoder = encoder_from_description(model.audio_encoder, checkpoint_dir=model.audio_encoder_dir)

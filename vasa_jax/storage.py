@@ -11,6 +11,7 @@ trainer writes (evaluation JSON, sample images, TensorBoard events, the data ite
 functions here.
 """
 
+import io
 import json
 import os
 import posixpath
@@ -18,6 +19,7 @@ import re
 import urllib.parse
 from typing import Any
 
+import numpy as np
 from etils import epath
 
 REMOTE_SCHEMES = ("gs", "s3", "az", "hf")  # the URL schemes etils.epath serves
@@ -80,8 +82,30 @@ def glob(directory: str, pattern: str) -> list[str]:
     return sorted(join(directory, found.name) for found in epath.Path(directory).glob(pattern))
 
 
+def listdir(path: str) -> list[str]:
+    """The names in a folder, sorted."""
+    return sorted(entry.name for entry in epath.Path(path).iterdir())
+
+
 def read_text(path: str) -> str:
     return epath.Path(path).read_text()
+
+
+def read_bytes(path: str) -> bytes:
+    return epath.Path(path).read_bytes()
+
+
+def load_npz(path: str) -> dict:
+    """The arrays of an .npz file, read whole (one download for an object store)."""
+    with np.load(io.BytesIO(read_bytes(path))) as data:
+        return {name: data[name] for name in data.files}
+
+
+def save_npz(path: str, arrays) -> None:
+    """An .npz file written whole or not at all (see write_bytes)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_bytes(path, buffer.getvalue())
 
 
 def write_bytes(path: str, data: bytes) -> None:

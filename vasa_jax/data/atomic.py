@@ -1,7 +1,7 @@
 """Atomic file writes for datasets: write beside the target under a `.tmp` name, then rename, so a crash leaves
-either the previous file or the complete new one, never a partial one. Readers skip names containing TMP."""
+either the previous file or the complete new one, never a partial one (an object store's URL: one upload, see
+`vasa_jax.storage.write_bytes`). Readers skip names containing TMP."""
 
-import os
 from typing import Any, Mapping
 
 import numpy as np
@@ -12,9 +12,7 @@ TMP = storage.TMP
 
 
 def save_npz(path: str, arrays: Mapping[str, np.ndarray]) -> None:
-    tmp = path + TMP + ".npz"  # np.savez appends .npz to names without it
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    storage.save_npz(path, arrays)
 
 
 def write_json(path: str, value: Any, indent: int = 1) -> None:

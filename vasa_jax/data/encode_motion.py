@@ -15,13 +15,13 @@ Frames go through the encoder in batches split over the local devices. Finished 
 atomically), so an interrupted run continues where it stopped; the statistics are recomputed at the end.
 """
 
-import os
 import sys
 import time
 
 from absl import app, flags
 from ml_collections import config_flags
 
+from vasa_jax import storage
 from vasa_jax.data import atomic, motion, synthetic
 
 FLAGS = flags.FLAGS
@@ -89,8 +89,9 @@ def build(output, motion_fn, audio_encoder, synthetic_config, manifest, log=prin
 
 def write_dataset(output, clip_records, manifest, log=print) -> dict:
     """Write every clip `clip_records(split, done)` yields into `output` (skipping the `done` names), then the
-    statistics and the manifest."""
-    os.makedirs(output, exist_ok=True)
+    statistics and the manifest. `output` may be an object store's URL (`vasa_jax.storage`)."""
+    output = storage.location(output)
+    storage.makedirs(output)
     start, written = time.time(), 0
     for split in motion.SPLITS:
         for name, record in clip_records(split, motion.list_clips(output, split)):
@@ -104,7 +105,7 @@ def write_dataset(output, clip_records, manifest, log=print) -> dict:
     first = motion.load_clip(output, "train", motion.list_clips(output, "train")[0])
     manifest = dict(manifest, motion_dim=int(first["motion"].shape[1]), audio_dim=int(first["audio"].shape[1]),
                     emotion_dim=int(first["emotion"].shape[0]))
-    atomic.write_json(os.path.join(output, motion.MANIFEST), manifest)
+    atomic.write_json(storage.join(output, motion.MANIFEST), manifest)
     counts = {split: len(motion.list_clips(output, split)) for split in motion.SPLITS}
     log(f"motion dataset {output}: {counts} clips ({written} new) in {time.time() - start:.0f} s; "
         f"motion dim {manifest['motion_dim']}, audio dim {manifest['audio_dim']}")
@@ -117,7 +118,7 @@ def manifest_for(motion_source: str, stage1_workdir, audio_encoder, source: str,
     encoder's description and the emotion class names)."""
     return {
         "motion_source": motion_source,
-        "stage1_workdir": os.path.abspath(stage1_workdir) if stage1_workdir else None,
+        "stage1_workdir": storage.location(stage1_workdir) if stage1_workdir else None,
         "audio_encoder": audio_encoder.description(),
         "source": source,
         "emotion_classes": list(emotion_classes),
@@ -142,7 +143,7 @@ def encode_prepared(prepared_root: str, output: str, encode_frames, resolution: 
     emotion_dim = len(prepared.open_split(prepared_root, "train")[0]["emotion"])
     emotion_classes = emotion.HSEMOTION_CLASSES if emotion_dim == len(emotion.HSEMOTION_CLASSES) else ()
     manifest = manifest_for("stage1", stage1_workdir, audio_encoder, "prepared", emotion_classes,
-                            prepared_root=os.path.abspath(prepared_root))
+                            prepared_root=storage.location(prepared_root))
     summary = write_dataset(output, clip_records, manifest, log)
     records = sum(len(index["records"][split]) for split in prepared.SPLITS)
     frames = sum(r["num_frames"] for split in prepared.SPLITS for r in index["records"][split] if r["has_audio"])

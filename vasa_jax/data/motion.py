@@ -14,11 +14,11 @@ zero-filled and flagged `previous_valid = False`, and training treats it like a 
 """
 
 import json
-import os
 from typing import Callable, Dict, Iterable
 
 import numpy as np
 
+from vasa_jax import storage
 from vasa_jax.data import atomic
 
 MANIFEST = "manifest.json"
@@ -43,7 +43,7 @@ def main_gaze(gaze: np.ndarray, bin_degrees: float = 4.0) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------- writing
 def clip_path(root: str, split: str, name: str) -> str:
-    return os.path.join(root, "clips", split, f"{name}.npz")
+    return storage.join(root, "clips", split, f"{name}.npz")
 
 
 def write_clip(root: str, split: str, name: str, record: Dict[str, np.ndarray]) -> None:
@@ -58,21 +58,18 @@ def write_clip(root: str, split: str, name: str, record: Dict[str, np.ndarray]) 
         raise ValueError(
             f"clip {name!r}: {len(record['motion'])} motion frames but {len(record['audio'])} audio frames"
         )
-    path = clip_path(root, split, name)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    atomic.save_npz(path, record)
+    atomic.save_npz(clip_path(root, split, name), record)  # (creates the folder)
 
 
 def list_clips(root: str, split: str) -> list:
-    folder = os.path.join(root, "clips", split)
-    if not os.path.isdir(folder):
+    folder = storage.join(root, "clips", split)
+    if not storage.isdir(folder):
         return []
-    return sorted(f[: -len(".npz")] for f in os.listdir(folder) if f.endswith(".npz") and atomic.TMP not in f)
+    return [f[: -len(".npz")] for f in storage.listdir(folder) if f.endswith(".npz") and atomic.TMP not in f]
 
 
 def load_clip(root: str, split: str, name: str) -> Dict[str, np.ndarray]:
-    with np.load(clip_path(root, split, name)) as data:
-        return {k: data[k] for k in data.files}
+    return storage.load_npz(clip_path(root, split, name))
 
 
 def compute_stats(root: str) -> Dict[str, list]:
@@ -99,15 +96,14 @@ def compute_stats(root: str) -> Dict[str, list]:
         "distance_min": d.min(0).tolist(), "distance_max": d.max(0).tolist(),  # what generation may ask for
         "num_train_clips": len(names),
     }
-    atomic.write_json(os.path.join(root, STATS), stats)
+    atomic.write_json(storage.join(root, STATS), stats)
     return stats
 
 
 def read_json(path: str):
-    if not os.path.exists(path):
+    if not storage.exists(path):
         raise FileNotFoundError(f"{path} does not exist: is this a motion dataset (python -m vasa_jax.data.encode_motion)?")
-    with open(path) as fh:
-        return json.load(fh)
+    return json.loads(storage.read_text(path))
 
 
 # ------------------------------------------------------------------------------------------ synthetic
@@ -231,9 +227,10 @@ class MotionWindowSource:
     def __init__(self, root: str, split: str, window: int, context: int, stride: int | None = None):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        root = storage.location(root)  # a local folder or an object store's URL
         self.root, self.split, self.window, self.context = root, split, int(window), int(context)
         self.stride = int(stride or max(1, window // 2))
-        self.stats = {k: np.asarray(v, np.float32) for k, v in read_json(os.path.join(root, STATS)).items()}
+        self.stats = {k: np.asarray(v, np.float32) for k, v in read_json(storage.join(root, STATS)).items()}
         self.clips = [load_clip(root, split, name) for name in list_clips(root, split)]
         self.index = [
             (c, start)

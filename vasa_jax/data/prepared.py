@@ -26,6 +26,7 @@ from typing import Dict, Iterator, List, Tuple
 
 import numpy as np
 
+from vasa_jax import storage
 from vasa_jax.data import atomic, face, regions
 
 DATASET_NAME = "talking_heads"
@@ -34,7 +35,7 @@ SPLITS = ("train", "test")
 
 
 def dataset_dir(root: str) -> str:
-    return os.path.join(root, "tfds", DATASET_NAME, DATASET_VERSION)
+    return storage.join(root, "tfds", DATASET_NAME, DATASET_VERSION)
 
 
 def _features():
@@ -183,13 +184,14 @@ def build_dataset(root: str, clips: List[Tuple[str, str, str]], config, beam_opt
 
 # ---------------------------------------------------------------------------------------------- reading
 def load_index(root: str) -> dict:
-    path = os.path.join(root, "index.json")
-    if not os.path.exists(path):
+    """The dataset's index.json. `root` may be an object store's URL (`vasa_jax.storage`): TFDS reads the
+    dataset's metadata through etils.epath and ArrayRecord reads gs:// shards itself."""
+    path = storage.join(root, "index.json")
+    if not storage.exists(path):
         raise FileNotFoundError(
             f"{root}: no prepared dataset here (index.json missing); run python -m vasa_jax.data.prepare --output {root}"
         )
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(storage.read_text(path))
 
 
 def open_split(root: str, split: str):
@@ -238,6 +240,7 @@ class PreparedStage1Source:
 
     def __init__(self, root: str, split: str = "train", resolution: int = 256, pairs_per_record: int = 50,
                  seed: int = 0, extra_frames: int = 0):
+        root = storage.location(root)  # a local folder or an object store's URL
         self.root, self.split, self.resolution = root, split, resolution
         self.pairs_per_record, self.seed, self.extra_frames = pairs_per_record, seed, int(extra_frames)
         self.records = load_index(root)["records"].get(split, [])

@@ -47,6 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vasa_jax import storage
 from vasa_jax.audio import SAMPLE_RATE, VIDEO_FPS, num_video_frames
 from vasa_jax.models.layers import conv_kernel_init
 from vasa_jax.models.torch_import import (
@@ -169,14 +170,13 @@ class Wav2Vec2Config:
 
 def load_wav2vec2_config(path: str | os.PathLike) -> Wav2Vec2Config:
     """Read a Hugging Face `config.json` (or a checkpoint folder holding one)."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        path = os.path.join(path, "config.json")
-    if not os.path.isfile(path):
+    path = storage.location(os.fspath(path))
+    if storage.isdir(path):
+        path = storage.join(path, "config.json")
+    if not storage.exists(path):
         raise FileNotFoundError(f"Wav2Vec2 config not found: {path!r} (expected a Hugging Face config.json)")
     try:
-        with open(path, encoding="utf-8") as fh:
-            cfg = json.load(fh)
+        cfg = json.loads(storage.read_text(path))
     except ValueError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(cfg, dict):
@@ -567,24 +567,28 @@ def load_wav2vec2(checkpoint_dir: str | os.PathLike) -> tuple[Wav2Vec2Config, di
 
     The folder needs `config.json` and `model.safetensors` (or a sharded `model.safetensors.index.json`) or
     `pytorch_model.bin`, as written by `save_pretrained` or downloaded from the Hub (e.g. facebook/wav2vec2-base-960h),
-    or `EXPORTED_WEIGHTS`, as an exported model carries it.
+    or `EXPORTED_WEIGHTS`, as an exported model carries it (that layout may also be at an object store's URL, as
+    an exported model folder may: `vasa_jax.storage`).
     """
-    checkpoint_dir = os.fspath(checkpoint_dir)
-    if not os.path.isdir(checkpoint_dir):
+    checkpoint_dir = storage.location(os.fspath(checkpoint_dir))
+    if not storage.isdir(checkpoint_dir):
         raise FileNotFoundError(f"Wav2Vec2 checkpoint folder not found: {checkpoint_dir!r} (expected a Hugging "
                                 "Face folder with config.json and model.safetensors or pytorch_model.bin)")
-    config_path = os.path.join(checkpoint_dir, "config.json")
-    if not os.path.isfile(config_path):
+    config_path = storage.join(checkpoint_dir, "config.json")
+    if not storage.exists(config_path):
         raise FileNotFoundError(f"Wav2Vec2 checkpoint {checkpoint_dir!r} has no config.json")
     config = load_wav2vec2_config(config_path)
-    exported = os.path.join(checkpoint_dir, EXPORTED_WEIGHTS)
-    if os.path.isfile(exported):  # our own layout (an exported model's copy): the Flax tree, no conversion
-        from safetensors.numpy import load_file
+    exported = storage.join(checkpoint_dir, EXPORTED_WEIGHTS)
+    if storage.exists(exported):  # our own layout (an exported model's copy): the Flax tree, no conversion
+        from safetensors.numpy import load
 
         from vasa_jax.checkpoints import params_from_flat
 
         abstract = jax.eval_shape(lambda: init_wav2vec2_params(config, jax.random.key(0)))
-        return config, params_from_flat(load_file(exported), abstract, exported)
+        return config, params_from_flat(load(storage.read_bytes(exported)), abstract, exported)
+    if storage.is_remote(checkpoint_dir):
+        raise FileNotFoundError(f"{checkpoint_dir}: a Hugging Face Wav2Vec2 folder is read from a local path only "
+                                f"(at a URL, only an exported model's {EXPORTED_WEIGHTS})")
     state_dict: dict[str, np.ndarray] = {}
     for path in _weight_files(checkpoint_dir):
         state_dict.update(load_torch_state_dict(path, what="Hugging Face Wav2Vec2 weights"))
