@@ -302,7 +302,7 @@ def _clip_paths(output_dir: str, key: str) -> Tuple[str, str]:
     return os.path.join(clips, key + ".npz"), os.path.join(clips, key + ".skipped.json")
 
 
-def _worker(task) -> dict:
+def prepare_task(task) -> dict:
     """Prepare one clip into its cache file (or its skip record). Never raises: any failure is a skip reason."""
     input_dir, relpath, output_dir, config = task
     key = clip_key(relpath)
@@ -420,7 +420,7 @@ def prepare(input_dir: str, output_dir: str, config: PrepareConfig, workers: int
     seconds_done = 0.0
     tasks = [(input_dir, relpath, output_dir, config) for relpath in todo]
     if beam_options is None:
-        finished = map_isolating_crashes(_worker, tasks, workers, _crashed)
+        finished = map_isolating_crashes(prepare_task, tasks, workers, _crashed)
     else:
         from vasa_jax.data import prepare_beam
 

@@ -1,21 +1,21 @@
 """Data preparation on Apache Beam: `python -m vasa_jax.data.prepare --runner=beam [--beam_options="..."]`.
 
-The same per-clip work as the local process pool (`prepare._worker`: decode, track, crop, label, write the clip
-file or its skip record), as a Beam pipeline, so that Dataflow, Flink or Spark can spread VoxCeleb-scale video over
-many machines; then the TFDS dataset is written by TFDS's Beam writer on the same runner
+The same per-clip work as the local process pool (`prepare.prepare_task`: decode, track, crop, label, write the
+clip file or its skip record), as a Beam pipeline, so that Dataflow, Flink or Spark can spread VoxCeleb-scale video
+over many machines; then the TFDS dataset is written by TFDS's Beam writer on the same runner
 (`prepared.build_dataset(..., beam_options=...)`). Both runners write the same files: a clip file per finished
 clip is still the resumable unit, so a rerun (with either runner) does only the clips not yet done.
 
-`--beam_options` are Beam's own pipeline flags, for example:
+`--beam_options` are Beam's own pipeline flags (give them as `--beam_options="..."`, with the `=`), for example:
   --direct_num_workers=8 --direct_running_mode=multi_processing      (DirectRunner, the default: one machine)
   --runner=DataflowRunner --project=P --region=R --temp_location=gs://... --sdk_container_image=IMAGE
 A distributed runner's workers need the project and its requirements (MediaPipe, PyAV, OpenCV) installed, which a
 container image built from requirements.txt and requirements-face.txt gives, and must see the input and output
 folders at the same paths (a shared file system).
 
-Failure handling is the runner's: a Python error in a clip is a skip reason as in the local pool (`_worker` never
-raises), but a native crash kills the worker that ran it, and the runner retries or fails the work item (the local
-pool retries each suspect alone and records the culprit). Either way the clips already written stay done.
+Failure handling is the runner's: a Python error in a clip is a skip reason as in the local pool (`prepare_task`
+never raises), but a native crash kills the worker that ran it, and the runner retries or fails the work item (the
+local pool retries each suspect alone and records the culprit). Either way the clips already written stay done.
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ def pipeline_options(flags: str):
 
 
 def prepare_clips(tasks: List[tuple], output_dir: str, options) -> List[dict]:
-    """Run `prepare._worker` on every task in a Beam pipeline; return the workers' results (one dict per task, in
-    no particular order). The results travel back through text files under `output_dir/beam/` (every runner can
+    """Run `prepare.prepare_task` on every task in a Beam pipeline; return the workers' results (one dict per task,
+    in no particular order). The results travel back through text files under `output_dir/beam/` (every runner can
     write those), read and removed once the pipeline has finished."""
     import apache_beam as beam
 
@@ -64,7 +64,7 @@ def prepare_clips(tasks: List[tuple], output_dir: str, options) -> List[dict]:
         _ = (pipeline
              | "Clips" >> beam.Create(tasks)
              | "OneClipPerWorkItem" >> beam.Reshuffle()
-             | "Prepare" >> beam.Map(prepare._worker)
+             | "Prepare" >> beam.Map(prepare.prepare_task)
              | "AsJson" >> beam.Map(json.dumps)
              | "Results" >> beam.io.WriteToText(os.path.join(results_dir, "results"), file_name_suffix=".jsonl"))
     results = []
