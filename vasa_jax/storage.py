@@ -1,14 +1,15 @@
-"""Where training runs write and trained models are read: a local folder, a `file://` URL, or an object store's
-URL (`gs://`, `s3://`, `az://`, `hf://`) through `etils.epath`, which serves those schemes (with gcsfs, s3fs,
-adlfs or huggingface_hub installed, or TensorFlow's gfile when TensorFlow is).
+"""Where training runs write, datasets live and trained models are read: a local folder, a `file://` URL, or an
+object store's URL (`gs://`, `s3://`, `az://`, `hf://`) through `etils.epath`, which serves those schemes (with
+gcsfs, s3fs, adlfs or huggingface_hub installed, or TensorFlow's gfile when TensorFlow is).
 
 Every trainer path goes through `location` first, so a URL never reaches `os.path`: `os.path.abspath("gs://b/run")`
 is `<cwd>/gs:/b/run`, a local folder named after the scheme, where each host of a pod would write its own copy and
 from which no run could resume. A scheme nobody serves is refused by name instead of becoming such a folder.
 
 Orbax writes the checkpoints' arrays through TensorStore, which reads these URLs itself; everything else the
-trainer writes (evaluation JSON, sample images, TensorBoard events, the data iterator's position) goes through the
-functions here.
+trainer writes (evaluation JSON, sample images, TensorBoard events, the data iterator's position), the motion
+datasets, the prepared datasets' index and the exported model folders go through the functions here (TFDS and
+ArrayRecord read a prepared dataset's shards at a URL themselves).
 """
 
 import io
