@@ -242,9 +242,11 @@ def test_import_names_every_missing_unexpected_and_misshaped_tensor(imported, tm
         lp.load_liveportrait(str(tmp_path), SMALL)
 
 
-def test_the_default_config_is_the_published_layout(tmp_path):
+def test_the_default_config_is_the_published_layout(tmp_path, bucket):
     """The published networks' exact shapes (LivePortrait's models.yaml, built by the reference package) import
-    into the default config with nothing missing or left over."""
+    into the default config with nothing missing or left over; the folder exports as a model's stage 1, here
+    beside a stage 2 trained on a motion dataset at a gs:// URL and into a gs:// model folder (conftest's
+    `bucket`)."""
     generator = torch.Generator().manual_seed(0)
     published = lp.LivePortraitConfig()
     networks = torch_networks(published)
@@ -278,19 +280,23 @@ def test_the_default_config_is_the_published_layout(tmp_path):
     rng = np.random.default_rng(0)
     motion_dim = 7 + stage1.model.cfg.dynamics_dim
     random_motion = lambda render, truth: rng.normal(size=(len(truth["pose"]), motion_dim)).astype(np.float32)
-    encoder, motion_root = LogMelEncoder(num_mels=8), str(tmp_path / "motion")
+    encoder, motion_root = LogMelEncoder(num_mels=8), "gs://data/motion"
     build(motion_root, random_motion, encoder,
           synthetic.SyntheticConfig(num_identities=4, num_test_identities=1, clips_per_identity=1,
                                     frames_per_clip=40, resolution=32),
           manifest_for("stage1", str(tmp_path), encoder, "synthetic"), log=lambda _: None)
+    assert (bucket / "data" / "motion" / "manifest.json").is_file()
     config = stage2_config.get_config("tiny")
     config.model.update(window=16, context=4, width=32, num_layers=2, num_heads=4)
     config.data.update(root=motion_root, batch_size=8, num_threads=1, eval_windows=8, stride=4)
     config.train.update(num_steps=1, eval_every=1, checkpoint_every=1, log_every=1)
     loop.train(config, str(tmp_path / "stage2"))
-    info = export.export(str(tmp_path), str(tmp_path / "stage2"), str(tmp_path / "model"), log=lambda _: None)
+    info = export.export(str(tmp_path), str(tmp_path / "stage2"), "gs://models/liveportrait", log=lambda _: None)
     assert info["trained"]["stage1_step"] is None and info["stage1_framing"] == "liveportrait"
-    assert "published weights" in (tmp_path / "model" / "README.md").read_text()
-    exported = checkpoints.load_model(str(tmp_path / "model")).stage1
+    assert info["trained"]["motion_dataset"] == motion_root
+    assert "published weights" in (bucket / "models" / "liveportrait" / "README.md").read_text()
+    exported = checkpoints.load_model("gs://models/liveportrait").stage1
     assert exported.model.cfg == published and exported.framing == "liveportrait"
     jax.tree.map(np.testing.assert_array_equal, exported.variables, variables)
+    with pytest.raises(export.ExportError, match="already exists"):
+        export.export(str(tmp_path), str(tmp_path / "stage2"), "gs://models/liveportrait", log=lambda _: None)

@@ -7,7 +7,10 @@ for stage 1, a folder of LivePortrait's published checkpoint files).
 The folder (layout in `vasa_jax.checkpoints`) needs no workdir, motion dataset or Hugging Face folder to generate:
 parameters as safetensors (no pickle), both configs, the normalisation statistics, the audio encoder's description
 (and a Wav2Vec2 encoder's weights), the emotion class names and a model card. It is written beside MODEL_DIR under a
-temporary name and renamed when complete, so an interrupted export leaves no half model.
+temporary name and renamed when complete, so an interrupted export leaves no half model. MODEL_DIR (and the
+workdirs) may be an object store's URL (`vasa_jax.storage`): the folder is then written locally first and uploaded
+file by file, model.json last, so an interrupted upload is not a model (`load_model` needs model.json and checks
+every file it lists).
 """
 
 import dataclasses
@@ -30,11 +33,10 @@ class ExportError(ValueError):
 
 
 def _eval_line(workdir: str) -> str:
-    path = os.path.join(workdir, checkpoints.EVAL_FILE)
-    if not os.path.isfile(path):
+    path = storage.join(workdir, checkpoints.EVAL_FILE)
+    if not storage.exists(path):
         return "no evaluation recorded"
-    with open(path) as fh:
-        metrics = json.load(fh)
+    metrics = json.loads(storage.read_text(path))
     step = metrics.pop("step", "?")
     return f"at step {step}: " + ", ".join(f"{k} = {v:.4g}" for k, v in sorted(metrics.items()))
 
@@ -78,7 +80,8 @@ def export(stage1_dir: str, stage2_dir: str, out: str, wav2vec2_dir: str | None 
     """Write the model folder `out` (which must not exist yet, or be empty); returns its model.json."""
     from safetensors.numpy import save_file
 
-    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+    out, stage1_dir, stage2_dir = (storage.location(path) for path in (out, stage1_dir, stage2_dir))
+    if storage.exists(out) and (not storage.isdir(out) or storage.listdir(out)):
         raise ExportError(f"{out} already exists; export into a new folder")
     try:
         stage1 = checkpoints.load_stage1(stage1_dir)
@@ -105,8 +108,9 @@ def export(stage1_dir: str, stage2_dir: str, out: str, wav2vec2_dir: str | None 
         raise ExportError(f"{stage2.config.data.root}/{motion_data.STATS} predates the recorded distance range; "
                           "rerun python -m vasa_jax.data.encode_motion on it (finished clips are kept)")
 
-    parent = os.path.dirname(os.path.abspath(out))
-    os.makedirs(parent, exist_ok=True)
+    parent = None if storage.is_remote(out) else os.path.dirname(out)  # (a URL: staged in the system's temp)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=os.path.basename(out) + ".export-", dir=parent)
     try:
         files = {}
@@ -141,12 +145,12 @@ def export(stage1_dir: str, stage2_dir: str, out: str, wav2vec2_dir: str | None 
             "emotion_classes": list(manifest.get("emotion_classes", ())),
             "files": files,
             "trained": {
-                "stage1_workdir": os.path.abspath(stage1_dir), "stage2_workdir": os.path.abspath(stage2_dir),
+                "stage1_workdir": stage1_dir, "stage2_workdir": stage2_dir,
                 "stage1_step": None if imported else checkpoints.latest_step(stage1_dir),
                 "stage2_step": checkpoints.latest_step(stage2_dir),
                 "stage1_eval": "none (LivePortrait's published weights)" if imported else _eval_line(stage1_dir),
                 "stage2_eval": _eval_line(stage2_dir),
-                "motion_dataset": os.path.abspath(stage2.config.data.root),
+                "motion_dataset": storage.location(stage2.config.data.root),
                 "data_source": manifest.get("source", "synthetic"),
             },
         }
@@ -154,9 +158,13 @@ def export(stage1_dir: str, stage2_dir: str, out: str, wav2vec2_dir: str | None 
             json.dump(info, fh, indent=1)
         with open(os.path.join(staging, "README.md"), "w") as fh:
             fh.write(model_card(info))
-        if os.path.isdir(out):
-            os.rmdir(out)  # empty (checked above)
-        os.replace(staging, out)
+        if storage.is_remote(out):
+            _upload(staging, out)
+            shutil.rmtree(staging)
+        else:
+            if os.path.isdir(out):
+                os.rmdir(out)  # empty (checked above)
+            os.replace(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -164,6 +172,15 @@ def export(stage1_dir: str, stage2_dir: str, out: str, wav2vec2_dir: str | None 
     log(f"exported {out}: stage 1 {stage1_from}, stage 2 step "
         f"{info['trained']['stage2_step']}, {description['kind']} audio features")
     return info
+
+
+def _upload(staging: str, out: str) -> None:
+    """Copy the finished folder to an object store, model.json last: until it lands the folder is not a model."""
+    names = sorted(os.path.relpath(os.path.join(folder, name), staging)
+                   for folder, _, files in os.walk(staging) for name in files)
+    for name in sorted(names, key=lambda name: name == checkpoints.MODEL_FILE):
+        with open(os.path.join(staging, name), "rb") as fh:
+            storage.write_bytes(storage.join(out, *name.split(os.sep)), fh.read())
 
 
 FLAGS = flags.FLAGS
