@@ -28,6 +28,10 @@ def test_location_of_paths_and_urls(tmp_path, monkeypatch):
         storage.location("memory://runs/a")
     with pytest.raises(ValueError, match="not host 'server'"):
         storage.location("file://server/runs/a")
+    from vasa_jax import export
+
+    with pytest.raises(export.ExportError, match="unsupported URL scheme memory://"):  # (the CLI's one line)
+        export.export(str(tmp_path / "stage1"), str(tmp_path / "stage2"), "memory://models/a")
 
 
 def test_the_trainers_writes_reach_a_gs_workdir(bucket):

@@ -80,7 +80,10 @@ def export(stage1_dir: str, stage2_dir: str, out: str, wav2vec2_dir: str | None 
     """Write the model folder `out` (which must not exist yet, or be empty); returns its model.json."""
     from safetensors.numpy import save_file
 
-    out, stage1_dir, stage2_dir = (storage.location(path) for path in (out, stage1_dir, stage2_dir))
+    try:
+        out, stage1_dir, stage2_dir = (storage.location(path) for path in (out, stage1_dir, stage2_dir))
+    except ValueError as err:  # a URL scheme nobody serves
+        raise ExportError(str(err)) from None
     if storage.exists(out) and (not storage.isdir(out) or storage.listdir(out)):
         raise ExportError(f"{out} already exists; export into a new folder")
     try:
