@@ -2,14 +2,16 @@
 at one example per device, for several mesh sizes.
 
   XLA_FLAGS=--xla_force_host_platform_device_count=8 python benchmarks/bench_sharded_step.py \
-      [--variant tiny] [--devices 2,4,8] [--per_device 1]
+      [--variant tiny] [--devices 2,4,8] [--per_device 1] [--remat]
 
 Compiles the jitted step (as `vasa_jax.train.loop` does) on a mesh of `(n / 2) x 2` devices (data x fsdp) with a
 global batch of n x per_device, and prints from the compiled program: per-device argument, output and temporary
 bytes (`memory_analysis`), FLOPs per step (`cost_analysis`, whole program per device), and the elements every
 collective moves, split into the largest single transfer. With the batch sharded and every example's work on its
 device, the temporaries and the traffic stay flat as the mesh grows; a step that gathers the batch grows with it.
-Nothing runs: only compilation (minutes per mesh on a CPU).
+`--remat` compiles the step with `train.remat` (each network call's activations recomputed in the backward pass):
+the temporaries against a run without it give rematerialisation's saving. Nothing runs: only compilation (minutes
+per mesh on a CPU; the feature networks are randomly initialised, their values do not matter here).
 """
 
 import argparse
@@ -45,15 +47,18 @@ def main():
     parser.add_argument("--variant", default="tiny", help="configs/stage1.py variant")
     parser.add_argument("--devices", default="2,4,8")
     parser.add_argument("--per_device", type=int, default=1)
+    parser.add_argument("--remat", action="store_true", help="compile with train.remat")
     args = parser.parse_args()
     print(f"jax {jax.__version__} ({jax.default_backend()}, {jax.device_count()} devices); "
           f"configs/stage1.py:{args.variant}; "
-          f"{args.per_device} example(s) per device")
+          f"{args.per_device} example(s) per device; remat {args.remat}")
     print(f"{'mesh':>6} {'batch':>6} {'args MiB':>9} {'out MiB':>8} {'temp MiB':>9} {'GFLOP':>8} "
           f"{'moved M':>8} {'largest':>9} {'compile s':>10}")
     for n in (int(d) for d in args.devices.split(",")):
         config = stage1_config.get_config(args.variant)
         config.data.batch_size = n * args.per_device
+        config.train.remat = args.remat
+        config.feature_nets.allow_random_init = True
         start = time.perf_counter()
         compiled = compiled_step(config, n)
         seconds = time.perf_counter() - start
