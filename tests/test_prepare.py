@@ -15,7 +15,8 @@ import pytest
 
 from test_face import _photo  # a shared real photo, resized
 from vasa_jax import video
-from vasa_jax.data import atomic, face, prepare, prepared
+from vasa_jax import storage
+from vasa_jax.data import face, prepare, prepared
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MEDIA = os.environ.get("VASA_MEDIA_DIR")
@@ -384,7 +385,7 @@ def test_killed_preparation_resumes_without_duplicates(tmp_path):
     clips = output / "clips"
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
-        if clips.exists() and any(p.suffix == ".npz" and atomic.TMP not in p.name for p in clips.iterdir()):
+        if clips.exists() and any(p.suffix == ".npz" and storage.TMP not in p.name for p in clips.iterdir()):
             break
         time.sleep(0.02)
     assert process.poll() is None, "the preparation ended before it could be killed"
@@ -392,7 +393,7 @@ def test_killed_preparation_resumes_without_duplicates(tmp_path):
     process.wait()
     time.sleep(0.5)  # let the kernel finish removing the workers
     done_before = {p.name: p.stat().st_mtime_ns for p in clips.iterdir()
-                   if p.name.endswith(".npz") and atomic.TMP not in p.name}
+                   if p.name.endswith(".npz") and storage.TMP not in p.name}
     assert 1 <= len(done_before) < len(names)
 
     rerun = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
@@ -402,7 +403,7 @@ def test_killed_preparation_resumes_without_duplicates(tmp_path):
     assert sorted(listed) == sorted({(prepare.clip_key(n), 0) for n in names})
     stored = _records(str(output))
     assert sorted(stored) == sorted(listed)  # every clip once, nothing half-written
-    assert not [p for p in clips.iterdir() if atomic.TMP in p.name]
+    assert not [p for p in clips.iterdir() if storage.TMP in p.name]
     # The clips finished before the kill were not redone: their files are untouched.
     assert {name: (clips / name).stat().st_mtime_ns for name in done_before} == done_before
 
@@ -447,17 +448,17 @@ def test_beam_runner_prepares_the_same_clips_and_records_as_the_process_pool(pre
     summary = json.load(open(output / "summary.json"))
     pool = prepared_media["summary"]
     assert summary["kept"] == 2 and summary["this_run"]["runner"] == "beam"
-    ours = {n: reason.replace(str(folder), prepared_media["input"]) for n, reason in summary["skipped_clips"].items()}
-    assert ours == {n: pool["skipped_clips"][n] for n in names if n in BAD}  # (the reasons name the input path)
+    reasons = {n: reason.replace(str(folder), prepared_media["input"]) for n, reason in summary["skipped_clips"].items()}
+    assert reasons == {n: pool["skipped_clips"][n] for n in names if n in BAD}  # (the reasons name the input path)
     assert not (output / "beam").exists()  # the results' hand-over folder is removed
 
     pool_clips = os.path.join(prepared_media["output"], "clips")
     for name in names[:2]:
-        with np.load(output / "clips" / (prepare.clip_key(name) + ".npz")) as ours, \
-                np.load(os.path.join(pool_clips, prepare.clip_key(name) + ".npz")) as theirs:
-            assert sorted(ours.files) == sorted(theirs.files)
-            for key in ours.files:
-                assert np.array_equal(ours[key], theirs[key]), (name, key)
+        with np.load(output / "clips" / (prepare.clip_key(name) + ".npz")) as beam_clip, \
+                np.load(os.path.join(pool_clips, prepare.clip_key(name) + ".npz")) as pool_clip:
+            assert sorted(beam_clip.files) == sorted(pool_clip.files)
+            for key in beam_clip.files:
+                assert np.array_equal(beam_clip[key], pool_clip[key]), (name, key)
     ours, theirs = _records(str(output)), _records(prepared_media["output"])
     assert sorted(ours) == sorted(k for k in theirs if k[0] in {prepare.clip_key(n) for n in names[:2]})
     for key, record in ours.items():

@@ -84,8 +84,7 @@ def test_sharded_step_equals_single_device_step():
     for key in metrics["single"]:
         rtol = 1e-3 if key.endswith("grad_norm") else 1e-5  # gradient norms: the warp's border jump, see above
         np.testing.assert_allclose(metrics["mesh"][key], metrics["single"][key], rtol=rtol, atol=1e-7, err_msg=key)
-    norm = lambda tree: float(np.sqrt(sum(np.sum(np.square(x)) for x in jax.tree.leaves(tree))))
-    distance = lambda a, b: norm(jax.tree.map(lambda x, y: x - y, a, b))
+    norm, distance = tree_norm, tree_distance
     params_difference = distance(params["mesh"], params["single"])
     assert params_difference <= 1e-5 * norm(params["single"]), "the updated parameters differ"
     update = norm(updates["single"])
@@ -192,6 +191,15 @@ def _train_command(workdir, num_steps, checkpoint_every):
     ]
 
 
+def tree_norm(tree) -> float:
+    """The L2 norm of every leaf of a parameter tree together, in float64."""
+    return float(np.sqrt(sum(np.sum(np.square(np.asarray(x, np.float64))) for x in jax.tree.leaves(tree))))
+
+
+def tree_distance(a, b) -> float:
+    return tree_norm(jax.tree.map(lambda x, y: np.asarray(x, np.float64) - np.asarray(y, np.float64), a, b))
+
+
 def _final_params(workdir, step, like=None):
     """The parameters of a checkpoint, as saved; or, for one written by another process count (whose devices are
     not these), shaped `like` and restored onto the first device."""
@@ -266,8 +274,7 @@ def test_two_processes_train_as_one_and_a_checkpoint_moves_between_process_count
         assert process.returncode == 0, stdout[-2000:] + stderr[-3000:]
     assert "mesh {'data': 8, 'fsdp': 1}" in outputs[0][0]
 
-    norm = lambda tree: float(np.sqrt(sum(np.sum(np.square(np.asarray(x, np.float64))) for x in jax.tree.leaves(tree))))
-    distance = lambda a, b: norm(jax.tree.map(lambda x, y: np.asarray(x, np.float64) - y, a, b))
+    norm, distance = tree_norm, tree_distance
     params = {("one", step): _final_params(single, step) for step in range(1, 5)}
     params.update({("two", step): _final_params(two, step, like=params["one", step]) for step in (1, 2)})
     update = distance(params["one", 2], params["one", 1])

@@ -17,7 +17,7 @@ from configs import stage2 as stage2_config
 from vasa_jax.audio import LogMelEncoder
 from vasa_jax.data import motion, synthetic
 from vasa_jax.data.encode_motion import build
-from test_train_stage1 import _final_params  # noqa: E402  (restores a step's parameters)
+from test_train_stage1 import _final_params, tree_distance, tree_norm  # noqa: E402  (a step's parameters)
 from vasa_jax.train import loop, sharding
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -202,8 +202,7 @@ def test_two_processes_train_as_one_and_a_checkpoint_moves_between_process_count
                          if line.startswith("step ") and "loss=" in line])
 
     np.testing.assert_allclose(losses(outputs[0][0]), losses(straight.stdout)[:3], rtol=1e-3)  # (as printed)
-    norm = lambda tree: float(np.sqrt(sum(np.sum(np.square(np.asarray(x, np.float64))) for x in jax.tree.leaves(tree))))
-    distance = lambda a, b: norm(jax.tree.map(lambda x, y: np.asarray(x, np.float64) - y, a, b))
+    norm, distance = tree_norm, tree_distance
     params = {("one", step): _final_params(single, step) for step in range(1, 6)}
     params.update({("two", step): _final_params(two, step, like=params["one", step]) for step in (1, 2, 3)})
     for step in (1, 2, 3):

@@ -562,7 +562,6 @@ def benchmark(pipeline, videos: str, out_dir: str, samples: int = 3, num_steps: 
     the real videos (`metric_weights`: its keyword arguments for the weights). Videos without speech are listed
     with the reason and left out."""
     from vasa_jax import audio, video
-    from vasa_jax.data import atomic
     from vasa_jax.generate import sidecar_path
     from PIL import Image
 
@@ -584,7 +583,7 @@ def benchmark(pipeline, videos: str, out_dir: str, samples: int = 3, num_steps: 
             out = os.path.join(generated, f"{stem}_s{seed}.mp4")
             result = pipeline.generate(portrait, speech, num_steps=num_steps, seed=seed)
             video.write_mp4(out, result.frames, fps=int(result.fps), audio=speech, sample_rate=result.sample_rate)
-            atomic.write_json(sidecar_path(out), {
+            storage.write_json(sidecar_path(out), {
                 "image": os.path.abspath(portrait), "audio": os.path.abspath(path), "gaze": None, "distance": None,
                 "emotion": None, "num_steps": num_steps, "seed": seed, "crop": pipeline.crop, "paste_back": False,
                 "model": model_name})
@@ -628,7 +627,6 @@ def main(argv):
     weights = dict(syncnet_path=flags_.syncnet, arcface_path=flags_.arcface, arcface_depth=flags_.arcface_depth,
                    i3d_path=flags_.i3d, capp_dir=flags_.capp)
     if argv[1:] == ["benchmark"]:
-        from vasa_jax.data import atomic
         from vasa_jax.generate import TalkingHeadPipeline
 
         if not flags_.videos or not flags_.out or not (flags_.model or (flags_.stage1 and flags_.stage2)):
@@ -644,7 +642,7 @@ def main(argv):
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(1)
-        atomic.write_json(os.path.join(flags_.out, "report.json"), report)
+        storage.write_json(os.path.join(flags_.out, "report.json"), report)
         print(report["table"])
         return
     if argv[1:] == ["videos"]:
@@ -655,9 +653,8 @@ def main(argv):
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(1)
-        from vasa_jax.data import atomic
 
-        atomic.write_json(flags_.out, report)
+        storage.write_json(flags_.out, report)
         print(report["table"])
         return
     if argv[1:] == ["capp_shifts"]:

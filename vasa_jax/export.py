@@ -179,9 +179,9 @@ def export(stage1_dir: str, stage2_dir: str, out: str, wav2vec2_dir: str | None 
 
 def _upload(staging: str, out: str) -> None:
     """Copy the finished folder to an object store, model.json last: until it lands the folder is not a model."""
-    names = sorted(os.path.relpath(os.path.join(folder, name), staging)
-                   for folder, _, files in os.walk(staging) for name in files)
-    for name in sorted(names, key=lambda name: name == checkpoints.MODEL_FILE):
+    names = [os.path.relpath(os.path.join(folder, name), staging) for folder, _, files in os.walk(staging)
+             for name in files]
+    for name in sorted(names, key=lambda name: (name == checkpoints.MODEL_FILE, name)):
         with open(os.path.join(staging, name), "rb") as fh:
             storage.write_bytes(storage.join(out, *name.split(os.sep)), fh.read())
 

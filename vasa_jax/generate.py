@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator, Mapping, Optional, Sequenc
 
 import numpy as np
 
+from vasa_jax import storage
 from vasa_jax.audio import SAMPLE_RATE, VIDEO_FPS, encoder_from_description, load_audio, stream_frame_features
 from vasa_jax.data import emotion as emotion_data
 
@@ -230,8 +231,6 @@ class TalkingHeadPipeline:
         from vasa_jax.data import motion as motion_data
         from vasa_jax.sampling import MotionSampler
 
-        from vasa_jax import storage
-
         for name, directory in (("stage1", stage1_dir), ("stage2", stage2_dir)):  # a workdir may be a URL
             if not directory or not storage.isdir(storage.location(directory)):
                 raise GenerationError(f"--{name} {directory!r} is not a directory")
@@ -276,7 +275,7 @@ class TalkingHeadPipeline:
     def from_model(cls, model_dir: str, audio_encoder=None, **kwargs) -> "TalkingHeadPipeline":
         """From an exported model folder (`python -m vasa_jax.export`; a local folder or an object store's URL): no
         workdir or dataset needed."""
-        from vasa_jax import checkpoints, storage
+        from vasa_jax import checkpoints
         from vasa_jax.sampling import MotionSampler
 
         try:
@@ -510,9 +509,8 @@ def main(argv):
 
         write_mp4(f.out, frames(), fps=int(VIDEO_FPS), audio=audio, sample_rate=SAMPLE_RATE)
         elapsed = time.perf_counter() - started
-        from vasa_jax.data import atomic
 
-        atomic.write_json(sidecar_path(f.out), {
+        storage.write_json(sidecar_path(f.out), {
             "image": os.path.abspath(f.image), "audio": os.path.abspath(f.audio),
             "gaze": None if gaze is None else [float(v) for v in gaze], "distance": f.distance,
             "emotion": f.emotion, "audio_guidance": f.audio_guidance, "gaze_guidance": f.gaze_guidance,

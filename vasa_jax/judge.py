@@ -18,7 +18,8 @@ from typing import Dict
 
 import numpy as np
 
-from vasa_jax.data import atomic, synthetic
+from vasa_jax import storage
+from vasa_jax.data import synthetic
 from vasa_jax.models.judge import OUTPUT_SCALES, OUTPUTS, FrameJudge
 
 PARAMS_FILE = "judge.npz"
@@ -131,8 +132,8 @@ class Judge:
 
         os.makedirs(directory, exist_ok=True)
         flat = traverse_util.flatten_dict(self.params, sep="/")
-        atomic.save_npz(os.path.join(directory, PARAMS_FILE), {k: np.asarray(v) for k, v in flat.items()})
-        atomic.write_json(os.path.join(directory, INFO_FILE),
+        storage.save_npz(os.path.join(directory, PARAMS_FILE), {k: np.asarray(v) for k, v in flat.items()})
+        storage.write_json(os.path.join(directory, INFO_FILE),
                           dict(self.info, config=dataclasses.asdict(self.config), outputs=list(OUTPUTS)))
 
     @classmethod

@@ -22,7 +22,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from vasa_jax import storage
-from vasa_jax.data import atomic, motion, synthetic
+from vasa_jax.data import motion, synthetic
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output", None, "dataset folder to create or complete", required=True)
@@ -105,7 +105,7 @@ def write_dataset(output, clip_records, manifest, log=print) -> dict:
     first = motion.load_clip(output, "train", motion.list_clips(output, "train")[0])
     manifest = dict(manifest, motion_dim=int(first["motion"].shape[1]), audio_dim=int(first["audio"].shape[1]),
                     emotion_dim=int(first["emotion"].shape[0]))
-    atomic.write_json(storage.join(output, motion.MANIFEST), manifest)
+    storage.write_json(storage.join(output, motion.MANIFEST), manifest)
     counts = {split: len(motion.list_clips(output, split)) for split in motion.SPLITS}
     log(f"motion dataset {output}: {counts} clips ({written} new) in {time.time() - start:.0f} s; "
         f"motion dim {manifest['motion_dim']}, audio dim {manifest['audio_dim']}")

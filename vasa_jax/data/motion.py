@@ -19,7 +19,6 @@ from typing import Callable, Dict, Iterable
 import numpy as np
 
 from vasa_jax import storage
-from vasa_jax.data import atomic
 
 MANIFEST = "manifest.json"
 STATS = "stats.json"
@@ -58,14 +57,14 @@ def write_clip(root: str, split: str, name: str, record: Dict[str, np.ndarray]) 
         raise ValueError(
             f"clip {name!r}: {len(record['motion'])} motion frames but {len(record['audio'])} audio frames"
         )
-    atomic.save_npz(clip_path(root, split, name), record)  # (creates the folder)
+    storage.save_npz(clip_path(root, split, name), record)  # (creates the folder)
 
 
 def list_clips(root: str, split: str) -> list:
     folder = storage.join(root, "clips", split)
     if not storage.isdir(folder):
         return []
-    return [f[: -len(".npz")] for f in storage.listdir(folder) if f.endswith(".npz") and atomic.TMP not in f]
+    return [f[: -len(".npz")] for f in storage.listdir(folder) if f.endswith(".npz") and storage.TMP not in f]
 
 
 def load_clip(root: str, split: str, name: str) -> Dict[str, np.ndarray]:
@@ -96,7 +95,7 @@ def compute_stats(root: str) -> Dict[str, list]:
         "distance_min": d.min(0).tolist(), "distance_max": d.max(0).tolist(),  # what generation may ask for
         "num_train_clips": len(names),
     }
-    atomic.write_json(storage.join(root, STATS), stats)
+    storage.write_json(storage.join(root, STATS), stats)
     return stats
 
 

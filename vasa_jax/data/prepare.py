@@ -43,7 +43,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from vasa_jax.data import atomic, emotion, face
+from vasa_jax import storage
+from vasa_jax.data import emotion, face
 
 # Version of the clip files' contents: a rerun redoes clips written by another version instead of mixing formats.
 CLIP_FORMAT = 1
@@ -311,7 +312,7 @@ def prepare_task(task) -> dict:
     start = time.perf_counter()
     try:
         arrays = prepare_clip(path, config)
-        atomic.save_npz(done_path, arrays)
+        storage.save_npz(done_path, arrays)
         result = {"status": "kept", "seconds": (len(arrays["jpeg_offsets"]) - 1) / config.fps,
                   "audio": str(arrays["audio_status"])}
     except SkipClip as skip:
@@ -320,7 +321,7 @@ def prepare_task(task) -> dict:
         result = {"status": "skipped", "reason": f"error: {type(error).__name__}: {error}"}
     result.update(key=key, relpath=relpath, time=time.perf_counter() - start)
     if result["status"] == "skipped":
-        atomic.write_json(skipped_path, result)
+        storage.write_json(skipped_path, result)
     return result
 
 
@@ -330,7 +331,7 @@ def _crashed(task) -> dict:
     key = clip_key(relpath)
     result = {"status": "skipped", "reason": "error: the worker process died while preparing this clip",
               "key": key, "relpath": relpath, "time": 0.0}
-    atomic.write_json(_clip_paths(output_dir, key)[1], result)
+    storage.write_json(_clip_paths(output_dir, key)[1], result)
     return result
 
 
@@ -402,7 +403,7 @@ def prepare(input_dir: str, output_dir: str, config: PrepareConfig, workers: int
     config = dataclasses.replace(config, layout=layout)
     os.makedirs(os.path.join(output_dir, "clips"), exist_ok=True)
     for name in os.listdir(os.path.join(output_dir, "clips")):  # leftovers of a killed run
-        if atomic.TMP in name:
+        if storage.TMP in name:
             os.remove(os.path.join(output_dir, "clips", name))
 
     results, todo = {}, []
@@ -459,7 +460,7 @@ def prepare(input_dir: str, output_dir: str, config: PrepareConfig, workers: int
                      "runner": "local" if beam_options is None else "beam",
                      "video_seconds_per_second": seconds_done / elapsed if elapsed > 0 else None},
     }
-    atomic.write_json(os.path.join(output_dir, "summary.json"), summary)
+    storage.write_json(os.path.join(output_dir, "summary.json"), summary)
     log(f"prepare: kept {len(kept)} clips ({records['train']} train / {records['test']} test records), skipped "
         f"{len(skipped)} {reasons if reasons else ''}; dataset in {prepared.dataset_dir(output_dir)}")
     return summary

@@ -27,7 +27,7 @@ from typing import Dict, Iterator, List, Tuple
 import numpy as np
 
 from vasa_jax import storage
-from vasa_jax.data import atomic, face, regions
+from vasa_jax.data import face, regions
 
 DATASET_NAME = "talking_heads"
 DATASET_VERSION = "1.0.0"
@@ -177,7 +177,7 @@ def build_dataset(root: str, clips: List[Tuple[str, str, str]], config, beam_opt
         download_config = tfds.download.DownloadConfig(beam_options=beam_options) if beam_options is not None else None
         TalkingHeads(data_dir=os.path.join(root, "tfds"), file_format="array_record").download_and_prepare(
             download_config=download_config)
-        atomic.write_json(index_path, {"identities": identities, "fps": config.fps, "sample_rate": config.sample_rate,
+        storage.write_json(index_path, {"identities": identities, "fps": config.fps, "sample_rate": config.sample_rate,
                                        "resolution": config.resolution, "records": plan}, indent=None)
     return {split: len(plan[split]) for split in SPLITS}
 
