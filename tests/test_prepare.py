@@ -502,6 +502,44 @@ def test_beam_options_are_checked_before_any_clip(tmp_path):
     assert without_beam.returncode == 2 and "--beam_options needs --runner=beam" in without_beam.stderr
 
 
+def test_videos_and_dataset_at_urls(prepared_media, bucket):
+    """Input and output at gs:// (the bucket fixture serves it from a folder): each clip as a worker prepares it
+    (the video downloaded, the clip file written to the bucket), then a rerun that finds every clip done and builds
+    the TFDS dataset into the bucket. The same clips, skip reasons and records as the local run's."""
+    names = ["real3dportrait_May_5s.mp4", "liveportrait_d0.mp4", "empty.mp4"]
+    relpaths = [names[0], names[1], "more/" + names[2]]  # (one in a subfolder: paths relative to the input URL)
+    for name, relpath in zip(names, relpaths):
+        (bucket / "raw" / relpath).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(os.path.join(prepared_media["input"], name), bucket / "raw" / relpath)
+    config = dataclasses.replace(prepared_media["config"], layout="folder")
+    assert prepare.find_videos("gs://raw") == sorted(relpaths)
+    for relpath in relpaths:  # what each worker process runs (the bucket is this process's)
+        result = prepare.prepare_task(("gs://raw", relpath, "gs://out", config))
+        assert result["relpath"] == relpath and result["status"] == ("skipped" if "empty" in relpath else "kept")
+    summary = prepare.prepare("gs://raw", "gs://out", config, workers=2, log=lambda *_: None)
+    assert summary["this_run"]["clips"] == 0 and summary["input"] == "gs://raw"  # all done by the calls above
+    assert summary["kept"] == 2 and list(summary["skipped_clips"]) == ["more/empty.mp4"]
+    reason = summary["skipped_clips"]["more/empty.mp4"]
+    local_reason = prepared_media["summary"]["skipped_clips"]["empty.mp4"]
+    assert reason == local_reason.replace(os.path.join(prepared_media["input"], "empty.mp4"), "gs://raw/more/empty.mp4")
+    assert json.loads(storage.read_text("gs://out/summary.json")) == summary
+
+    for name in names[:2]:
+        ours = storage.load_npz(f"gs://out/clips/{prepare.clip_key(name)}.npz")
+        theirs = storage.load_npz(os.path.join(prepared_media["output"], "clips", prepare.clip_key(name) + ".npz"))
+        assert ours.keys() == theirs.keys() and all(np.array_equal(ours[k], theirs[k]) for k in ours), name
+    # The dataset uploaded to the bucket reads as a TFDS dataset (from the bucket's folder: TFDS's readers open
+    # gs:// themselves, beyond the fixture) with the local run's records.
+    index = prepared.load_index("gs://out")
+    assert sum(map(len, index["records"].values())) == sum(summary["records"].values())
+    ours, theirs = _records(str(bucket / "out")), _records(prepared_media["output"])
+    assert sorted(ours) == sorted(k for k in theirs if k[0] in {prepare.clip_key(n) for n in names[:2]})
+    for key, record in ours.items():
+        for field, value in record.items():
+            if field not in ("identity", "identity_index"):  # (the identities of each run's layout)
+                assert np.array_equal(np.asarray(value), np.asarray(theirs[key][field])), (key, field)
+
+
 @pytest.fixture(scope="module")
 def stage1_on_prepared(prepared_media, tmp_path_factory):
     """A few steps of the real trainer, through the command line, on the prepared real videos."""

@@ -162,7 +162,8 @@ def export(stage1_dir: str, stage2_dir: str, out: str, wav2vec2_dir: str | None 
         with open(os.path.join(staging, "README.md"), "w") as fh:
             fh.write(model_card(info))
         if storage.is_remote(out):
-            _upload(staging, out)
+            # model.json last: until it lands the folder is not a model.
+            storage.upload_tree(staging, out, last=(checkpoints.MODEL_FILE,))
             shutil.rmtree(staging)
         else:
             if os.path.isdir(out):
@@ -175,15 +176,6 @@ def export(stage1_dir: str, stage2_dir: str, out: str, wav2vec2_dir: str | None 
     log(f"exported {out}: stage 1 {stage1_from}, stage 2 step "
         f"{info['trained']['stage2_step']}, {description['kind']} audio features")
     return info
-
-
-def _upload(staging: str, out: str) -> None:
-    """Copy the finished folder to an object store, model.json last: until it lands the folder is not a model."""
-    names = [os.path.relpath(os.path.join(folder, name), staging) for folder, _, files in os.walk(staging)
-             for name in files]
-    for name in sorted(names, key=lambda name: (name == checkpoints.MODEL_FILE, name)):
-        with open(os.path.join(staging, name), "rb") as fh:
-            storage.write_bytes(storage.join(out, *name.split(os.sep)), fh.read())
 
 
 FLAGS = flags.FLAGS

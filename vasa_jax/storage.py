@@ -12,13 +12,16 @@ datasets, the prepared datasets' index and the exported model folders go through
 ArrayRecord read a prepared dataset's shards at a URL themselves).
 """
 
+import contextlib
 import io
 import json
 import os
 import posixpath
 import re
+import shutil
+import tempfile
 import urllib.parse
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from etils import epath
@@ -88,6 +91,59 @@ def listdir(path: str) -> list[str]:
     return sorted(entry.name for entry in epath.Path(path).iterdir())
 
 
+def walk_files(directory: str) -> list[str]:
+    """Every file under `directory` (recursively), as sorted paths relative to it ("/"-separated for a URL)."""
+    if not is_remote(directory):
+        return sorted(os.path.relpath(os.path.join(folder, name), directory)
+                      for folder, _, names in os.walk(directory) for name in names)
+    found, top = [], None
+    for folder, _, names in epath.Path(directory).walk():
+        top = top or str(folder)  # the first folder walked is `directory` itself, in the backend's own spelling
+        found += [posixpath.join(posixpath.relpath(str(folder), top), name) for name in names]
+    return sorted(posixpath.normpath(name) for name in found)
+
+
+def remove_tree(path: str) -> None:
+    """Remove a folder and everything under it, if it exists."""
+    if exists(path):
+        epath.Path(path).rmtree()
+
+
+def remove(path: str) -> None:
+    """Remove a file, if it exists."""
+    if exists(path):
+        epath.Path(path).unlink()
+
+
+@contextlib.contextmanager
+def local_file(path: str) -> Iterator[str]:
+    """A local path holding the file at `path`, for libraries that open files by name (FFmpeg, MediaPipe): the
+    path itself when local, else a download into the system's temporary folder (same file name suffix), removed
+    when the block ends."""
+    if not is_remote(path):
+        yield path
+        return
+    handle, copy = tempfile.mkstemp(suffix=os.path.splitext(path)[1])
+    try:
+        with os.fdopen(handle, "wb") as target, epath.Path(path).open("rb") as source:
+            shutil.copyfileobj(source, target, 1 << 22)
+        yield copy
+    finally:
+        os.remove(copy)
+
+
+def upload_tree(local_dir: str, target: str, last: tuple[str, ...] = ()) -> None:
+    """Copy every file under the local folder `local_dir` to the folder `target` (a URL), streamed file by file;
+    the files named in `last` (relative paths) go after all others, so a reader that waits for them sees a whole
+    folder."""
+    names = [name.replace(os.sep, "/") for name in walk_files(local_dir)]
+    for name in sorted(names, key=lambda name: (name in last, name)):
+        destination = epath.Path(join(target, *name.split("/")))
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        with open(os.path.join(local_dir, name), "rb") as source, destination.open("wb") as sink:
+            shutil.copyfileobj(source, sink, 1 << 22)
+
+
 def read_text(path: str) -> str:
     return epath.Path(path).read_text()
 
@@ -96,9 +152,15 @@ def read_bytes(path: str) -> bytes:
     return epath.Path(path).read_bytes()
 
 
+def open_npz(path: str):
+    """An .npz file opened for reading (np.load's NpzFile, a context manager): read lazily, array by array, from
+    a local file; downloaded whole first from an object store."""
+    return np.load(io.BytesIO(read_bytes(path)) if is_remote(path) else path)
+
+
 def load_npz(path: str) -> dict:
-    """The arrays of an .npz file, read whole (one download for an object store)."""
-    with np.load(io.BytesIO(read_bytes(path))) as data:
+    """The arrays of an .npz file."""
+    with open_npz(path) as data:
         return {name: data[name] for name in data.files}
 
 

@@ -25,6 +25,10 @@ lost) are skipped with their reason; nothing stops the run. Clip files are writt
 leaves no half-written clip, and the TFDS dataset is rebuilt from the finished clips at the end of every run (TFDS
 writes into a temporary directory and renames it, so the dataset on disk is always complete).
 
+DIR and the output may be local folders or object-store URLs (`gs://...`, through `vasa_jax.storage`): each worker
+downloads its video to a temporary file and writes its clip file to the output; the TFDS dataset is written in
+the system's temporary folder and uploaded, index.json last.
+
 `--runner=beam` does the same per-clip work and writes the same dataset as an Apache Beam pipeline, for Dataflow,
 Flink or Spark (`vasa_jax.data.prepare_beam`); the local process pool is the default.
 """
@@ -39,6 +43,7 @@ import os
 import re
 import sys
 import time
+import zipfile
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -79,13 +84,10 @@ class SkipClip(Exception):
 
 # ------------------------------------------------------------------------------------------ discovery
 def find_videos(input_dir: str) -> List[str]:
-    """Video files under `input_dir` (recursive, by extension), as sorted paths relative to it."""
-    found = []
-    for root, _, files in os.walk(input_dir):
-        for name in files:
-            if name.lower().endswith(VIDEO_EXTENSIONS) and not name.startswith("."):
-                found.append(os.path.relpath(os.path.join(root, name), input_dir))
-    return sorted(found)
+    """Video files under `input_dir` (a local folder or a URL; recursive, by extension), as sorted paths relative
+    to it."""
+    return [relpath for relpath in storage.walk_files(input_dir)
+            if relpath.lower().endswith(VIDEO_EXTENSIONS) and not os.path.basename(relpath).startswith(".")]
 
 
 def detect_layout(relpaths: List[str]) -> str:
@@ -299,26 +301,29 @@ def prepare_clip(path: str, config: PrepareConfig) -> Dict[str, np.ndarray]:
 
 # ------------------------------------------------------------------------------------------ the run
 def _clip_paths(output_dir: str, key: str) -> Tuple[str, str]:
-    clips = os.path.join(output_dir, "clips")
-    return os.path.join(clips, key + ".npz"), os.path.join(clips, key + ".skipped.json")
+    clips = storage.join(output_dir, "clips")
+    return storage.join(clips, key + ".npz"), storage.join(clips, key + ".skipped.json")
 
 
 def prepare_task(task) -> dict:
-    """Prepare one clip into its cache file (or its skip record). Never raises: any failure is a skip reason."""
+    """Prepare one clip into its cache file (or its skip record). Never raises: any failure is a skip reason.
+    A video at a URL is downloaded to a temporary file first (the decoders open files by name)."""
     input_dir, relpath, output_dir, config = task
     key = clip_key(relpath)
     done_path, skipped_path = _clip_paths(output_dir, key)
-    path = os.path.join(input_dir, relpath)
+    path = storage.join(input_dir, *relpath.split(os.sep))
     start = time.perf_counter()
+    local = path
     try:
-        arrays = prepare_clip(path, config)
+        with storage.local_file(path) as local:
+            arrays = prepare_clip(local, config)
         storage.save_npz(done_path, arrays)
         result = {"status": "kept", "seconds": (len(arrays["jpeg_offsets"]) - 1) / config.fps,
                   "audio": str(arrays["audio_status"])}
     except SkipClip as skip:
-        result = {"status": "skipped", "reason": str(skip)}
+        result = {"status": "skipped", "reason": str(skip).replace(local, path)}
     except Exception as error:  # noqa: BLE001 (a damaged file must not stop the run; its reason is recorded)
-        result = {"status": "skipped", "reason": f"error: {type(error).__name__}: {error}"}
+        result = {"status": "skipped", "reason": f"error: {type(error).__name__}: {error}".replace(local, path)}
     result.update(key=key, relpath=relpath, time=time.perf_counter() - start)
     if result["status"] == "skipped":
         storage.write_json(skipped_path, result)
@@ -375,14 +380,13 @@ def map_isolating_crashes(function, tasks, workers: int, crashed):
 def _finished(output_dir: str, key: str) -> Optional[dict]:
     """The recorded result of a clip a previous run finished (kept with a current-format file, or skipped)."""
     done_path, skipped_path = _clip_paths(output_dir, key)
-    if os.path.exists(skipped_path):
-        with open(skipped_path) as f:
-            return json.load(f)
-    if os.path.exists(done_path):
+    if storage.exists(skipped_path):
+        return json.loads(storage.read_text(skipped_path))
+    if storage.exists(done_path):
         try:
-            with np.load(done_path) as arrays:
+            with storage.open_npz(done_path) as arrays:
                 current = "format" in arrays.files and int(arrays["format"]) == CLIP_FORMAT
-        except (OSError, ValueError):  # not a readable npz: redo it
+        except (OSError, ValueError, zipfile.BadZipFile):  # not a readable npz: redo it
             current = False
         if current:
             return {"status": "kept", "key": key, "cached": True}
@@ -396,15 +400,17 @@ def prepare(input_dir: str, output_dir: str, config: PrepareConfig, workers: int
     see `vasa_jax.data.prepare_beam`), by a Beam pipeline on the runner they name, which also writes the dataset."""
     from vasa_jax.data import prepared
 
-    if not os.path.isdir(input_dir):
+    input_dir, output_dir = storage.location(input_dir), storage.location(output_dir)
+    if not storage.isdir(input_dir):
         raise FileNotFoundError(f"--input {input_dir}: not a directory")
     relpaths = find_videos(input_dir)
     layout = detect_layout(relpaths) if config.layout == "auto" else config.layout
     config = dataclasses.replace(config, layout=layout)
-    os.makedirs(os.path.join(output_dir, "clips"), exist_ok=True)
-    for name in os.listdir(os.path.join(output_dir, "clips")):  # leftovers of a killed run
+    clips_dir = storage.join(output_dir, "clips")
+    storage.makedirs(clips_dir)
+    for name in storage.listdir(clips_dir):  # leftovers of a killed run (local only: URLs are written whole)
         if storage.TMP in name:
-            os.remove(os.path.join(output_dir, "clips", name))
+            storage.remove(storage.join(clips_dir, name))
 
     results, todo = {}, []
     for relpath in relpaths:
@@ -451,7 +457,7 @@ def prepare(input_dir: str, output_dir: str, config: PrepareConfig, workers: int
         category = reason.split(":")[0]
         reasons[category] = reasons.get(category, 0) + 1
     summary = {
-        "input": os.path.abspath(input_dir), "layout": layout, "config": dataclasses.asdict(config),
+        "input": input_dir, "layout": layout, "config": dataclasses.asdict(config),
         "videos": len(relpaths), "kept": len(kept), "skipped": len(skipped), "skipped_by_reason": reasons,
         "skipped_clips": skipped, "records": records,
         "identities": {split: sorted({i for i in identities.values() if splits[i] == split}) for split in ("train", "test")},
@@ -460,7 +466,7 @@ def prepare(input_dir: str, output_dir: str, config: PrepareConfig, workers: int
                      "runner": "local" if beam_options is None else "beam",
                      "video_seconds_per_second": seconds_done / elapsed if elapsed > 0 else None},
     }
-    storage.write_json(os.path.join(output_dir, "summary.json"), summary)
+    storage.write_json(storage.join(output_dir, "summary.json"), summary)
     log(f"prepare: kept {len(kept)} clips ({records['train']} train / {records['test']} test records), skipped "
         f"{len(skipped)} {reasons if reasons else ''}; dataset in {prepared.dataset_dir(output_dir)}")
     return summary
@@ -470,8 +476,8 @@ def main(argv=None):
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m vasa_jax.data.prepare", description=__doc__.split("\n")[0])
-    parser.add_argument("--input", required=True, help="folder of raw videos (searched recursively)")
-    parser.add_argument("--output", required=True, help="dataset folder (created; a rerun resumes)")
+    parser.add_argument("--input", required=True, help="folder or URL of raw videos (searched recursively)")
+    parser.add_argument("--output", required=True, help="dataset folder or URL (created; a rerun resumes)")
     parser.add_argument("--resolution", type=int, default=PrepareConfig.resolution)
     parser.add_argument("--layout", choices=LAYOUTS, default="auto")
     parser.add_argument("--workers", type=int, default=1, help="local worker processes (with --runner=local)")

@@ -10,8 +10,10 @@ clip is still the resumable unit, so a rerun (with either runner) does only the 
   --direct_num_workers=8 --direct_running_mode=multi_processing      (DirectRunner, the default: one machine)
   --runner=DataflowRunner --project=P --region=R --temp_location=gs://... --sdk_container_image=IMAGE
 A distributed runner's workers need the project and its requirements (MediaPipe, PyAV, OpenCV) installed, which a
-container image built from requirements.txt and requirements-face.txt gives, and must see the input and output
-folders at the same paths (a shared file system).
+container image built from requirements.txt and requirements-face.txt gives, and must reach the input and output:
+object-store URLs (each worker downloads its videos and writes its clip files through `vasa_jax.storage`; Beam's
+own writes, the hand-over files and TFDS's shards, need Beam's file system for the scheme: apache-beam[gcp] for
+gs://, which requirements-beam.txt does not pin) or a file system mounted at the same path everywhere.
 
 Failure handling is the runner's: a Python error in a clip is a skip reason as in the local pool (`prepare_task`
 never raises), but a native crash kills the worker that ran it, and the runner retries or fails the work item (the
@@ -20,11 +22,8 @@ local pool retries each suspect alone and records the culprit). Either way the c
 
 from __future__ import annotations
 
-import glob
 import json
-import os
 import shlex
-import shutil
 import uuid
 from typing import List
 
@@ -52,26 +51,28 @@ def pipeline_options(flags: str):
 def prepare_clips(tasks: List[tuple], output_dir: str, options) -> List[dict]:
     """Run `prepare.prepare_task` on every task in a Beam pipeline; return the workers' results (one dict per task,
     in no particular order). The results travel back through text files under `output_dir/beam/` (every runner can
-    write those), read and removed once the pipeline has finished."""
+    write those), read and removed once the pipeline has finished, through Beam's file systems (which serve a
+    gs:// output with apache-beam[gcp])."""
     import apache_beam as beam
+    from apache_beam.io.filesystems import FileSystems
 
     from vasa_jax.data import prepare
 
     if not tasks:
         return []
-    results_dir = os.path.join(output_dir, "beam", uuid.uuid4().hex)
+    results_dir = FileSystems.join(output_dir, "beam", uuid.uuid4().hex)
     with beam.Pipeline(options=options) as pipeline:
         _ = (pipeline
              | "Clips" >> beam.Create(tasks)
              | "OneClipPerWorkItem" >> beam.Reshuffle()
              | "Prepare" >> beam.Map(prepare.prepare_task)
              | "AsJson" >> beam.Map(json.dumps)
-             | "Results" >> beam.io.WriteToText(os.path.join(results_dir, "results"), file_name_suffix=".jsonl"))
+             | "Results" >> beam.io.WriteToText(FileSystems.join(results_dir, "results"), file_name_suffix=".jsonl"))
     results = []
-    for path in sorted(glob.glob(os.path.join(results_dir, "results*.jsonl"))):
-        with open(path) as f:
-            results += [json.loads(line) for line in f if line.strip()]
-    shutil.rmtree(os.path.join(output_dir, "beam"))
+    for found in FileSystems.match([FileSystems.join(results_dir, "results*.jsonl")])[0].metadata_list:
+        with FileSystems.open(found.path) as f:
+            results += [json.loads(line) for line in f.read().decode().splitlines() if line.strip()]
+    FileSystems.delete([FileSystems.join(output_dir, "beam")])
     if len(results) != len(tasks):
         raise RuntimeError(f"the Beam pipeline returned {len(results)} results for {len(tasks)} clips")
     return results

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import shutil
+import tempfile
 from typing import Dict, Iterator, List, Tuple
 
 import numpy as np
@@ -93,8 +93,7 @@ def clip_examples(entries: List[dict], root: str, samples_per_frame: int) -> Ite
     """The TFDS (key, example) pairs of one clip's planned segments (`entries`, all of one clip). The key is the
     record's position in its split: the Beam writer orders records by key, the in-process one by arrival, and
     both then store them in the index's order."""
-    with np.load(os.path.join(root, "clips", entries[0]["clip"] + ".npz")) as data:
-        arrays = {k: data[k] for k in data.files}
+    arrays = storage.load_npz(storage.join(root, "clips", entries[0]["clip"] + ".npz"))
     for entry in entries:
         start = entry["start_frame"]
         record = _segment_record(arrays, start, start + entry["num_frames"], samples_per_frame)
@@ -129,7 +128,7 @@ def build_dataset(root: str, clips: List[Tuple[str, str, str]], config, beam_opt
     # Plan the records (reading only the frame counts), so the index is known before TFDS writes them in order.
     plan = {split: [] for split in SPLITS}
     for key, identity, split in clips:
-        with np.load(os.path.join(root, "clips", key + ".npz")) as arrays:
+        with storage.open_npz(storage.join(root, "clips", key + ".npz")) as arrays:
             num_frames = len(arrays["jpeg_offsets"]) - 1
             has_audio = bool(arrays["has_audio"])
         for number, (start, end) in enumerate(segments(num_frames, max_frames)):
@@ -167,16 +166,24 @@ def build_dataset(root: str, clips: List[Tuple[str, str, str]], config, beam_opt
         def _generate_examples(self, split):
             return examples(split) if beam_options is None else beam_examples(split)
 
-    target = dataset_dir(root)
-    if os.path.exists(target):
-        shutil.rmtree(target)
-    index_path = os.path.join(root, "index.json")
-    if os.path.exists(index_path):
-        os.remove(index_path)
+    # The index is removed first and written last: a dataset without its index is not a dataset.
+    index_path = storage.join(root, "index.json")
+    storage.remove(index_path)
+    storage.remove_tree(dataset_dir(root))
     if clips:
         download_config = tfds.download.DownloadConfig(beam_options=beam_options) if beam_options is not None else None
-        TalkingHeads(data_dir=os.path.join(root, "tfds"), file_format="array_record").download_and_prepare(
-            download_config=download_config)
+        # At a URL, the in-process writer writes in the system's temporary folder and uploads the result: the
+        # ArrayRecord writer writes local files. TFDS's Beam writer is given the URL itself (its workers may be
+        # other machines; it writes through Beam's file systems, which serve gs:// with apache-beam[gcp]).
+        staging = tempfile.mkdtemp(prefix="tfds-") if storage.is_remote(root) and beam_options is None else None
+        try:
+            TalkingHeads(data_dir=staging or storage.join(root, "tfds"), file_format="array_record"
+                         ).download_and_prepare(download_config=download_config)
+            if staging:
+                storage.upload_tree(staging, storage.join(root, "tfds"))
+        finally:
+            if staging:
+                shutil.rmtree(staging, ignore_errors=True)
         storage.write_json(index_path, {"identities": identities, "fps": config.fps, "sample_rate": config.sample_rate,
                                        "resolution": config.resolution, "records": plan}, indent=None)
     return {split: len(plan[split]) for split in SPLITS}
