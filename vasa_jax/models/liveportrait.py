@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vasa_jax import ops
-from vasa_jax.models.layers import config_from_mapping, conv3d_same
+from vasa_jax.models.layers import config_from_mapping, conv3d_same, conv_of_upsampled
 from vasa_jax.models.torch_import import import_mirrored_state_dict, load_torch_state_dict
 
 NUM_POSE_BINS = 66
@@ -423,13 +423,35 @@ class WarpingNetwork(nn.Module):
 # G: SPADE decoder
 # ---------------------------------------------------------------------------------------------------------------
 
+class ConvOfUpsampled(nn.Module):
+    """nn.Conv's 'SAME' 2D convolution (same parameters) of its input upsampled (nearest) to `size`, computed by
+    `conv_of_upsampled` at the input's resolution when `size` is an integer multiple of it."""
+
+    features: int
+    kernel: int
+    size: tuple[int, int]
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                            (self.kernel, self.kernel, x.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        (height, width), (h, w) = self.size, x.shape[1:3]
+        if height % h == 0 and height // h == width // w and width % w == 0:
+            out = conv_of_upsampled(x, kernel, height // h)
+        else:
+            out = conv_of_upsampled(_resize_nearest_hw(x, height, width), kernel, 1)
+        return out + bias.astype(out.dtype)
+
+
 class SPADE(nn.Module):
     hidden: int
 
     @nn.compact
     def __call__(self, x, segmap):
-        segmap = _resize_nearest_hw(segmap, x.shape[1], x.shape[2])
-        actv = nn.relu(_conv(self.hidden, 3, 2, "mlp_shared_0")(segmap))
+        # The segmentation map (G's 64x64 input) is read at x's resolution, up to 256: nearest upsampling then
+        # a 3x3 convolution, computed at 64x64 per output phase (a quarter of the work at 256).
+        actv = nn.relu(ConvOfUpsampled(self.hidden, 3, x.shape[1:3], name="mlp_shared_0")(segmap))
         gamma = _conv(x.shape[-1], 3, 2, "mlp_gamma")(actv)
         beta = _conv(x.shape[-1], 3, 2, "mlp_beta")(actv)
         return _instance_norm(x) * (1 + gamma) + beta
