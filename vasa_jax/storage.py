@@ -8,8 +8,9 @@ from which no run could resume. A scheme nobody serves is refused by name instea
 
 Orbax writes the checkpoints' arrays through TensorStore, which reads these URLs itself; everything else the
 trainer writes (evaluation JSON, sample images, TensorBoard events, the data iterator's position), the motion
-datasets, the prepared datasets' index and the exported model folders go through the functions here (TFDS and
-ArrayRecord read a prepared dataset's shards at a URL themselves).
+datasets, the data preparation's input videos, clip files and index, and the exported model folders go through the
+functions here (TFDS and ArrayRecord read a prepared dataset's shards at a URL themselves; written locally, the
+shards are uploaded with `upload_tree`).
 """
 
 import contextlib

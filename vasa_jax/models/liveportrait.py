@@ -424,7 +424,7 @@ class WarpingNetwork(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------
 
 class ConvParams(nn.Module):
-    """The parameters of an nn.Conv (kernel [k, k, in, out], bias), for a layer computed together with others."""
+    """The parameters of an nn.Conv (kernel [k, k, in, out], bias), for a convolution computed by other means."""
 
     features: int
     kernel: int
@@ -436,25 +436,13 @@ class ConvParams(nn.Module):
         return kernel, self.param("bias", nn.initializers.zeros, (self.features,))
 
 
-class ConvOfUpsampled(nn.Module):
-    """nn.Conv's 'SAME' 2D convolution (same parameters) of its input upsampled (nearest) to `size`, computed by
-    `conv_of_upsampled` at the input's resolution when `size` is an integer multiple of it."""
-
-    features: int
-    kernel: int
-    size: tuple[int, int]
-
-    @nn.compact
-    def __call__(self, x):
-        kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                            (self.kernel, self.kernel, x.shape[-1], self.features))
-        bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        (height, width), (h, w) = self.size, x.shape[1:3]
-        if height % h == 0 and height // h == width // w and width % w == 0:
-            out = conv_of_upsampled(x, kernel, height // h)
-        else:
-            out = conv_of_upsampled(_resize_nearest_hw(x, height, width), kernel, 1)
-        return out + bias.astype(out.dtype)
+def _conv_of_resized(x, kernel, size):
+    """nn.Conv's 'SAME' 2D convolution (without bias) of x resized (nearest) to `size`, computed by
+    `conv_of_upsampled` at x's resolution when `size` is an integer multiple of it."""
+    (height, width), (h, w) = size, x.shape[1:3]
+    if height % h == 0 and width % w == 0 and height // h == width // w:
+        return conv_of_upsampled(x, kernel, height // h)
+    return conv_of_upsampled(_resize_nearest_hw(x, height, width), kernel, 1)
 
 
 class SPADE(nn.Module):
@@ -464,14 +452,12 @@ class SPADE(nn.Module):
     def __call__(self, x, segmap):
         # The segmentation map (G's 64x64 input) is read at x's resolution, up to 256: nearest upsampling then
         # a 3x3 convolution, computed at 64x64 per output phase (a quarter of the work at 256).
-        actv = nn.relu(ConvOfUpsampled(self.hidden, 3, x.shape[1:3], name="mlp_shared_0")(segmap))
-        # gamma and beta in one convolution (their kernels side by side): one pass over actv, a wider product.
-        channels = x.shape[-1]
-        kernels, biases = zip(*(ConvParams(channels, 3, name=name)(actv.shape[-1]) for name in ("mlp_gamma", "mlp_beta")))
-        both = jax.lax.conv_general_dilated(actv, jnp.concatenate(kernels, -1).astype(actv.dtype), (1, 1), "SAME",
-                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        both = both + jnp.concatenate(biases).astype(both.dtype)
-        return _instance_norm(x) * (1 + both[..., :channels]) + both[..., channels:]
+        kernel, bias = ConvParams(self.hidden, 3, name="mlp_shared_0")(segmap.shape[-1])
+        actv = _conv_of_resized(segmap, kernel, x.shape[1:3])
+        actv = nn.relu(actv + bias.astype(actv.dtype))
+        gamma = _conv(x.shape[-1], 3, 2, "mlp_gamma")(actv)
+        beta = _conv(x.shape[-1], 3, 2, "mlp_beta")(actv)
+        return _instance_norm(x) * (1 + gamma) + beta
 
 
 class SPADEResnetBlock(nn.Module):
