@@ -143,11 +143,14 @@ def test_depth_split_conv3d_equals_native_conv3d():
 
 
 def test_fft_conv3d_equals_native_conv3d_values_and_gradients():
-    """The FFT lowering (LivePortrait's 7x7x7 mask convolution on CPU): whole planes, and planes cut into 32-pixel
-    tiles whose transforms overlap-add; the gradients too (fine-tuning goes through it)."""
+    """The FFT lowering (LivePortrait's 7x7x7 mask convolution on CPU): whole planes, planes cut into 32-pixel
+    tiles whose transforms overlap-add, planes smaller than the kernel; the gradients too (fine-tuning goes
+    through it)."""
     from vasa_jax.models.layers import conv3d_same
 
-    for shape, kernel_shape in (((2, 5, 9, 11, 3), (3, 7, 5, 3, 4)), ((1, 3, 64, 32, 4), (5, 7, 7, 4, 3))):
+    cases = (((2, 5, 9, 11, 3), (3, 7, 5, 3, 4)), ((1, 3, 64, 32, 4), (5, 7, 7, 4, 3)),
+             ((1, 2, 2, 3, 2), (1, 7, 9, 2, 3)))  # (the last: planes smaller than the kernel's radius)
+    for shape, kernel_shape in cases:
         x = jax.random.normal(jax.random.key(12), shape)
         kernel = jax.random.normal(jax.random.key(13), kernel_shape)
 

@@ -98,14 +98,16 @@ def _conv2d_fft(x, kernel, tile: int = 32):
     tiles_f = jnp.fft.rfft2(tiles, s=size, axes=(3, 4))  # [N, rows, cols, u, v, C]
     out = jnp.fft.irfft2(jnp.einsum("nijuvc,uvco->nijuvo", tiles_f, kernel_f), s=size, axes=(3, 4))
     # Tile (i, j)'s full convolution covers rows i * tile_h .. + size[0]: its first tile_h rows land on tile row i,
-    # the rest on the first rows of tile row i + 1 (columns alike).
+    # the next tile_h on tile row i + 1, and so on (columns alike).
+    spill_h, spill_w = -(-size[0] // tile_h), -(-size[1] // tile_w)
     full = 0
-    for below in (0, 1):
-        for right in (0, 1):
+    for below in range(spill_h):
+        for right in range(spill_w):
             part = out[:, :, :, tile_h * below:tile_h * (below + 1), tile_w * right:tile_w * (right + 1)]
-            full = full + jnp.pad(part, ((0, 0), (below, 1 - below), (right, 1 - right),
+            full = full + jnp.pad(part, ((0, 0), (below, spill_h - 1 - below), (right, spill_w - 1 - right),
                                          (0, tile_h - part.shape[3]), (0, tile_w - part.shape[4]), (0, 0)))
-    full = full.transpose(0, 1, 3, 2, 4, 5).reshape(n, (rows + 1) * tile_h, (cols + 1) * tile_w, features)
+    full = full.transpose(0, 1, 3, 2, 4, 5).reshape(
+        n, (rows + spill_h - 1) * tile_h, (cols + spill_w - 1) * tile_w, features)
     return full[:, kh // 2:kh // 2 + h, kw // 2:kw // 2 + w].astype(x.dtype)
 
 
