@@ -520,6 +520,7 @@ def test_videos_and_dataset_at_urls(prepared_media, bucket):
     assert summary["this_run"]["clips"] == 0 and summary["input"] == "gs://raw"  # all done by the calls above
     assert summary["kept"] == 2 and list(summary["skipped_clips"]) == ["more/empty.mp4"]
     reason = summary["skipped_clips"]["more/empty.mp4"]
+    assert "gs://raw/more/empty.mp4" in reason  # the URL, not the worker's temporary copy
     local_reason = prepared_media["summary"]["skipped_clips"]["empty.mp4"]
     assert reason == local_reason.replace(os.path.join(prepared_media["input"], "empty.mp4"), "gs://raw/more/empty.mp4")
     assert json.loads(storage.read_text("gs://out/summary.json")) == summary
