@@ -178,6 +178,32 @@ def test_conv_of_upsampled_equals_conv_of_the_upsampled_input():
                                        atol=1e-5, err_msg=f"factor {factor}, kernel {size}")
 
 
+def test_conv3d_of_upsampled_input_equals_conv3d_of_the_upsampled_input():
+    """conv3d_same's `upsample` (LivePortrait's hourglass up blocks): every lowering, values and gradients, against
+    XLA's 3D convolution of the explicitly upsampled input; a non-square kernel takes the explicit path."""
+    from vasa_jax.models.layers import conv3d_same
+
+    x = jax.random.normal(jax.random.key(15), (2, 3, 5, 4, 6))
+    for kernel_shape in ((3, 3, 3, 6, 5), (1, 3, 5, 6, 2)):
+        kernel = jax.random.normal(jax.random.key(16), kernel_shape)
+        for factor in (2, 3):
+            upsampled = jnp.repeat(jnp.repeat(x, factor, axis=2), factor, axis=3)
+
+            def loss(x, kernel, lowering, factor):
+                return jnp.sum(jnp.sin(conv3d_same(x, kernel, lowering, upsample=factor)))
+
+            expected = conv3d_same(upsampled, kernel, "native")
+            expected_grads = jax.grad(loss, (0, 1))(x, kernel, "native", factor)
+            for lowering in ("depth_split", "fft", "native"):
+                ours = conv3d_same(x, kernel, lowering, upsample=factor)
+                assert ours.shape == upsampled.shape[:-1] + (kernel_shape[-1],)
+                np.testing.assert_allclose(np.asarray(ours), np.asarray(expected),
+                                           atol=1e-5 * float(jnp.max(jnp.abs(expected))),
+                                           err_msg=f"{lowering}, kernel {kernel_shape}, factor {factor}")
+                for g, e in zip(jax.grad(loss, (0, 1))(x, kernel, lowering, factor), expected_grads):
+                    np.testing.assert_allclose(np.asarray(g), np.asarray(e), atol=1e-4 * float(jnp.max(jnp.abs(e))))
+
+
 def test_image_skip_path_reproduces_the_source_when_nothing_moves():
     """With the image-space skip path, identical source and driving motion makes every image-plane flow, and so
     the composed sampling grid, the exact identity: the warped source image is the source. A decode without

@@ -111,23 +111,32 @@ def _conv2d_fft(x, kernel, tile: int = 32):
     return full[:, kh // 2:kh // 2 + h, kw // 2:kw // 2 + w].astype(x.dtype)
 
 
-def conv3d_same(x, kernel, lowering: str = "auto"):
+def conv3d_same(x, kernel, lowering: str = "auto", upsample: int = 1):
     """A stride-1 'SAME' 3D convolution of x [B, D, H, W, C] with kernel [kd, kh, kw, C, O] (odd sizes).
 
     lowering: "native" (XLA's 3D convolution), "depth_split" (one 2D convolution over (H, W) whose output stacks
     the kd depth taps, then a shifted sum along depth: the same result up to float rounding), "fft" (as
     depth_split, its 2D convolution through the Fourier transform) or "auto" (on CPU: fft where `_fft_is_faster`,
     native where `_native_is_faster`, depth_split otherwise; native elsewhere).
+    upsample: convolve x nearest-upsampled by this factor along H and W (an hourglass's up block). depth_split
+    computes it at x's resolution (`conv_of_upsampled`: 4/9 of the multiply-adds at factor 2); the other
+    lowerings upsample first.
     """
     b, d, h, w, c = x.shape
     kd, kh, kw, _, features = kernel.shape
     if lowering == "auto":
         lowering = "native"
         if jax.default_backend() == "cpu":
-            if _fft_is_faster(h * w, kernel.shape):
+            if _fft_is_faster(h * w * upsample**2, kernel.shape):
                 lowering = "fft"
-            elif not _native_is_faster(h * w, c, features):
+            elif not _native_is_faster(h * w * upsample**2, c, features):
                 lowering = "depth_split"
+    if lowering not in ("native", "depth_split", "fft"):
+        raise ValueError(f"unknown conv3d lowering {lowering!r}; expected 'auto', 'native', 'depth_split' or 'fft'")
+    if upsample > 1 and (lowering != "depth_split" or kh != kw):
+        x = jnp.repeat(jnp.repeat(x, upsample, axis=2), upsample, axis=3)
+        h, w = h * upsample, w * upsample
+        upsample = 1
     if lowering == "native":
         return jax.lax.conv_general_dilated(
             x, kernel.astype(x.dtype), (1, 1, 1), "SAME", dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
@@ -135,12 +144,9 @@ def conv3d_same(x, kernel, lowering: str = "auto"):
     planes = x.reshape(b * d, h, w, c)
     if lowering == "fft":
         y = _conv2d_fft(planes, stacked)
-    elif lowering == "depth_split":
-        y = jax.lax.conv_general_dilated(planes, stacked.astype(x.dtype), (1, 1), "SAME",
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
     else:
-        raise ValueError(f"unknown conv3d lowering {lowering!r}; expected 'auto', 'native', 'depth_split' or 'fft'")
-    y = y.reshape(b, d, h, w, kd, features)
+        y = conv_of_upsampled(planes, stacked, upsample)
+    y = y.reshape(b, d, h * upsample, w * upsample, kd, features)
     pad = kd // 2
     y = jnp.pad(y, ((0, 0), (pad, pad), (0, 0), (0, 0), (0, 0), (0, 0)))
     return sum(y[:, tap : tap + d, :, :, tap] for tap in range(kd))
