@@ -204,6 +204,28 @@ def test_conv3d_of_upsampled_input_equals_conv3d_of_the_upsampled_input():
                     np.testing.assert_allclose(np.asarray(g), np.asarray(e), atol=1e-4 * float(jnp.max(jnp.abs(e))))
 
 
+def test_conv2d_by_taps_equals_the_convolution():
+    """LivePortrait's occlusion convolution (one output channel, 7x7): values and gradients against XLA's
+    convolution, square and non-square kernels, planes smaller than the kernel."""
+    from vasa_jax.models.layers import conv2d_by_taps
+
+    for shape, kernel_shape in (((2, 9, 8, 6), (7, 7, 6, 1)), ((1, 5, 12, 4), (3, 5, 4, 3)), ((1, 2, 3, 2), (7, 7, 2, 2))):
+        x = jax.random.normal(jax.random.key(17), shape)
+        kernel = jax.random.normal(jax.random.key(18), kernel_shape)
+
+        def loss(x, kernel, conv):
+            return jnp.sum(jnp.sin(conv(x, kernel)))
+
+        def xla(x, kernel):
+            return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+        expected = xla(x, kernel)
+        np.testing.assert_allclose(np.asarray(conv2d_by_taps(x, kernel)), np.asarray(expected),
+                                   atol=1e-5 * float(jnp.max(jnp.abs(expected))), err_msg=str(kernel_shape))
+        for ours, theirs in zip(jax.grad(loss, (0, 1))(x, kernel, conv2d_by_taps), jax.grad(loss, (0, 1))(x, kernel, xla)):
+            np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), atol=1e-4 * float(jnp.max(jnp.abs(theirs))))
+
+
 def test_image_skip_path_reproduces_the_source_when_nothing_moves():
     """With the image-space skip path, identical source and driving motion makes every image-plane flow, and so
     the composed sampling grid, the exact identity: the warped source image is the source. A decode without

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vasa_jax import ops
-from vasa_jax.models.layers import config_from_mapping, conv3d_same, conv_of_upsampled
+from vasa_jax.models.layers import config_from_mapping, conv2d_by_taps, conv3d_same, conv_of_upsampled
 from vasa_jax.models.torch_import import import_mirrored_state_dict, load_torch_state_dict
 
 NUM_POSE_BINS = 66
@@ -120,6 +120,28 @@ def _conv(features, kernel, ndim, name, *, padding=None, stride=1, groups=1, use
         return Conv3d(features, kernel, name=name)
     return nn.Conv(features, (kernel,) * ndim, strides=(stride,) * ndim, padding=[(pad, pad)] * ndim,
                    feature_group_count=groups, use_bias=use_bias, name=name)
+
+
+class ConvParams(nn.Module):
+    """The parameters of an nn.Conv (kernel [k, k, in, out], bias or None), for a convolution computed by other
+    means."""
+
+    features: int
+    kernel: int
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, channels_in: int):
+        kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                            (self.kernel, self.kernel, channels_in, self.features))
+        if not self.use_bias:
+            return kernel, None
+        return kernel, self.param("bias", nn.initializers.zeros, (self.features,))
+
+
+def _conv_same(x, kernel):
+    return jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), (1, 1), "SAME",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 def _batch_norm(name):
@@ -396,7 +418,10 @@ class DenseMotionNetwork(nn.Module):
         deformation = jnp.einsum("bdhwk,bkdhwi->bdhwi", mask, sparse)
         occlusion = None
         if cfg.estimate_occlusion:
-            occlusion = jax.nn.sigmoid(_conv(1, 7, 2, "occlusion")(_volume_to_map(prediction)))
+            # One output channel from 2272 through a 7x7 kernel: computed tap by tap (`conv2d_by_taps`).
+            kernel, bias = ConvParams(1, 7, name="occlusion")(prediction.shape[-1] * prediction.shape[1])
+            occlusion = conv2d_by_taps(_volume_to_map(prediction), kernel)
+            occlusion = jax.nn.sigmoid(occlusion + bias.astype(occlusion.dtype))
         return DenseMotion(deformation, occlusion, mask)
 
 
@@ -425,28 +450,6 @@ class WarpingNetwork(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------
 # G: SPADE decoder
 # ---------------------------------------------------------------------------------------------------------------
-
-class ConvParams(nn.Module):
-    """The parameters of an nn.Conv (kernel [k, k, in, out], bias or None), for a convolution computed by other
-    means."""
-
-    features: int
-    kernel: int
-    use_bias: bool = True
-
-    @nn.compact
-    def __call__(self, channels_in: int):
-        kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                            (self.kernel, self.kernel, channels_in, self.features))
-        if not self.use_bias:
-            return kernel, None
-        return kernel, self.param("bias", nn.initializers.zeros, (self.features,))
-
-
-def _conv_same(x, kernel):
-    return jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), (1, 1), "SAME",
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
 
 def _conv_of_resized(x, kernel, size):
     """nn.Conv's 'SAME' 2D convolution (without bias) of x resized (nearest) to `size`, computed by
