@@ -466,9 +466,9 @@ class SPADE(nn.Module):
     @nn.compact
     def __call__(self, x, segmap, projection=None):
         """IN(x) * (1 + gamma) + beta, gamma and beta 3x3 convolutions of the segmentation map's features. With
-        `projection` [C, O], that result times the projection (a 1x1 convolution after the normalisation), β's
-        convolution composed with it: β then has O output channels instead of C (the learned shortcuts of G's
-        up blocks: 512 -> 256 and 256 -> 64 channels, 4x fewer multiply-adds for β in the last)."""
+        `projection` [C, O], that result times the projection (a 1x1 convolution after the normalisation), beta's
+        convolution composed with it: beta then has O output channels instead of C (the learned shortcuts of G's
+        up blocks: 512 -> 256 and 256 -> 64 channels, 4x fewer multiply-adds for beta in the last)."""
         # The segmentation map (G's 64x64 input) is read at x's resolution, up to 256: nearest upsampling then
         # a 3x3 convolution, computed at 64x64 per output phase (a quarter of the work at 256).
         kernel, bias = ConvParams(self.hidden, 3, name="mlp_shared_0")(segmap.shape[-1])
@@ -494,7 +494,7 @@ class SPADEResnetBlock(nn.Module):
     def __call__(self, x, segmap):
         middle = min(x.shape[-1], self.features)
         if x.shape[-1] != self.features:
-            # The learned shortcut's 1x1 convolution (no bias) is applied inside SPADE, composed with β.
+            # The learned shortcut's 1x1 convolution (no bias) is applied inside SPADE, composed with beta.
             projection, _ = ConvParams(self.features, 1, use_bias=False, name="conv_s")(x.shape[-1])
             shortcut = SPADE(self.hidden, name="norm_s")(x, segmap, projection=projection[0, 0])
         else:
