@@ -226,6 +226,29 @@ def test_conv2d_by_taps_equals_the_convolution():
             np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), atol=1e-4 * float(jnp.max(jnp.abs(theirs))))
 
 
+def test_depthwise_conv2d_equals_the_grouped_convolution():
+    """LivePortrait's ConvNeXt depthwise 7x7 convolutions: values and gradients against XLA's grouped convolution,
+    square and non-square kernels, a plane smaller than the kernel."""
+    from vasa_jax.models.layers import depthwise_conv2d
+
+    for shape, size in (((2, 9, 8, 5), (7, 7)), ((1, 6, 4, 3), (3, 5)), ((1, 2, 3, 4), (7, 7))):
+        x = jax.random.normal(jax.random.key(21), shape)
+        kernel = jax.random.normal(jax.random.key(22), size + (1, shape[-1]))
+
+        def xla(x, kernel):
+            return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                                feature_group_count=x.shape[-1])
+
+        def loss(x, kernel, conv):
+            return jnp.sum(jnp.sin(conv(x, kernel)))
+
+        expected = xla(x, kernel)
+        np.testing.assert_allclose(np.asarray(depthwise_conv2d(x, kernel)), np.asarray(expected),
+                                   atol=1e-5 * float(jnp.max(jnp.abs(expected))), err_msg=str(size))
+        for ours, theirs in zip(jax.grad(loss, (0, 1))(x, kernel, depthwise_conv2d), jax.grad(loss, (0, 1))(x, kernel, xla)):
+            np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), atol=1e-4 * float(jnp.max(jnp.abs(theirs))))
+
+
 def test_image_skip_path_reproduces_the_source_when_nothing_moves():
     """With the image-space skip path, identical source and driving motion makes every image-plane flow, and so
     the composed sampling grid, the exact identity: the warped source image is the source. A decode without

@@ -215,6 +215,18 @@ def conv2d_by_taps(x, kernel):
     return sum(per_tap[:, r : r + h, s : s + w, r, s] for r in range(kh) for s in range(kw))
 
 
+def depthwise_conv2d(x, kernel):
+    """A stride-1 'SAME' depthwise 2D convolution of x [B, H, W, C] with an odd kernel [kh, kw, 1, C] (nn.Conv's
+    layout with feature_group_count=C), as the sum of the kh * kw shifted inputs scaled per channel: one fused
+    elementwise loop. XLA:CPU's grouped convolution took 30x as long at ConvNeXt's 7x7 shapes (64x64x96: 78 ms
+    against 2.4 ms). The same result up to float rounding."""
+    b, h, w, c = x.shape
+    kh, kw = kernel.shape[:2]
+    padded = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+    kernel = kernel.astype(x.dtype)
+    return sum(padded[:, r : r + h, s : s + w] * kernel[r, s, 0] for r in range(kh) for s in range(kw))
+
+
 class Conv3D(nn.Module):
     """A stride-1 'SAME' 3D convolution with nn.Conv's parameters (kernel [kd, kh, kw, in, out], bias), computed
     by `conv3d_same` (fast on CPU; one module on every backend, so checkpoints move between them)."""

@@ -34,7 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vasa_jax import ops
-from vasa_jax.models.layers import config_from_mapping, conv2d_by_taps, conv3d_same, conv_of_upsampled
+from vasa_jax.models.layers import (config_from_mapping, conv2d_by_taps, conv3d_same, conv_of_upsampled,
+                                    depthwise_conv2d)
 from vasa_jax.models.torch_import import import_mirrored_state_dict, load_torch_state_dict
 
 NUM_POSE_BINS = 66
@@ -114,12 +115,12 @@ class Conv3d(nn.Module):
         return out + bias.astype(out.dtype)
 
 
-def _conv(features, kernel, ndim, name, *, padding=None, stride=1, groups=1, use_bias=True):
+def _conv(features, kernel, ndim, name, *, padding=None, stride=1, use_bias=True):
     pad = kernel // 2 if padding is None else padding
-    if ndim == 3 and kernel % 2 and pad == kernel // 2 and stride == 1 and groups == 1 and use_bias:
+    if ndim == 3 and kernel % 2 and pad == kernel // 2 and stride == 1 and use_bias:
         return Conv3d(features, kernel, name=name)
     return nn.Conv(features, (kernel,) * ndim, strides=(stride,) * ndim, padding=[(pad, pad)] * ndim,
-                   feature_group_count=groups, use_bias=use_bias, name=name)
+                   use_bias=use_bias, name=name)
 
 
 class ConvParams(nn.Module):
@@ -279,7 +280,8 @@ class ConvNeXtBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        y = _conv(self.dim, 7, 2, "dwconv", groups=self.dim)(x)
+        kernel, bias = ConvParams(self.dim, 7, name="dwconv")(1)  # depthwise: [7, 7, 1, dim]
+        y = depthwise_conv2d(x, kernel) + bias.astype(x.dtype)
         y = _layer_norm("norm")(y)
         y = nn.gelu(nn.Dense(4 * self.dim, name="pwconv1")(y), approximate=False)
         y = GlobalResponseNorm(name="grn")(y)
