@@ -142,6 +142,24 @@ def test_depth_split_conv3d_equals_native_conv3d():
         )
 
 
+def assert_same_values_and_gradients(ours, reference, x, kernel, message=""):
+    """ours(x, kernel) equals reference(x, kernel), and so do the gradients of a nonlinear loss of it."""
+    expected = reference(x, kernel)
+    np.testing.assert_allclose(np.asarray(ours(x, kernel)), np.asarray(expected),
+                               atol=1e-5 * float(jnp.max(jnp.abs(expected))), err_msg=message)
+
+    def loss(x, kernel, conv):
+        return jnp.sum(jnp.sin(conv(x, kernel)))
+
+    for g, e in zip(jax.grad(loss, (0, 1))(x, kernel, ours), jax.grad(loss, (0, 1))(x, kernel, reference)):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(e), atol=1e-4 * float(jnp.max(jnp.abs(e))), err_msg=message)
+
+
+def xla_conv2d(x, kernel, groups=1):
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        feature_group_count=groups)
+
+
 def test_fft_conv3d_equals_native_conv3d_values_and_gradients():
     """The FFT lowering (LivePortrait's 7x7x7 mask convolution on CPU): whole planes, planes cut into 32-pixel
     tiles whose transforms overlap-add, planes smaller than the kernel; the gradients too (fine-tuning goes
@@ -187,21 +205,16 @@ def test_conv3d_of_upsampled_input_equals_conv3d_of_the_upsampled_input():
     for kernel_shape in ((3, 3, 3, 6, 5), (1, 3, 5, 6, 2)):
         kernel = jax.random.normal(jax.random.key(16), kernel_shape)
         for factor in (2, 3):
-            upsampled = jnp.repeat(jnp.repeat(x, factor, axis=2), factor, axis=3)
+            def upsampled_first(x, kernel, factor=factor):
+                return conv3d_same(jnp.repeat(jnp.repeat(x, factor, axis=2), factor, axis=3), kernel, "native")
 
-            def loss(x, kernel, lowering, factor):
-                return jnp.sum(jnp.sin(conv3d_same(x, kernel, lowering, upsample=factor)))
-
-            expected = conv3d_same(upsampled, kernel, "native")
-            expected_grads = jax.grad(loss, (0, 1))(x, kernel, "native", factor)
             for lowering in ("depth_split", "fft", "native"):
-                ours = conv3d_same(x, kernel, lowering, upsample=factor)
-                assert ours.shape == upsampled.shape[:-1] + (kernel_shape[-1],)
-                np.testing.assert_allclose(np.asarray(ours), np.asarray(expected),
-                                           atol=1e-5 * float(jnp.max(jnp.abs(expected))),
-                                           err_msg=f"{lowering}, kernel {kernel_shape}, factor {factor}")
-                for g, e in zip(jax.grad(loss, (0, 1))(x, kernel, lowering, factor), expected_grads):
-                    np.testing.assert_allclose(np.asarray(g), np.asarray(e), atol=1e-4 * float(jnp.max(jnp.abs(e))))
+                def ours(x, kernel, lowering=lowering, factor=factor):
+                    return conv3d_same(x, kernel, lowering, upsample=factor)
+
+                assert ours(x, kernel).shape == (2, 3, 5 * factor, 4 * factor, kernel_shape[-1])
+                assert_same_values_and_gradients(ours, upsampled_first, x, kernel,
+                                                 f"{lowering}, kernel {kernel_shape}, factor {factor}")
 
 
 def test_conv2d_by_taps_equals_the_convolution():
@@ -212,18 +225,7 @@ def test_conv2d_by_taps_equals_the_convolution():
     for shape, kernel_shape in (((2, 9, 8, 6), (7, 7, 6, 1)), ((1, 5, 12, 4), (3, 5, 4, 3)), ((1, 2, 3, 2), (7, 7, 2, 2))):
         x = jax.random.normal(jax.random.key(17), shape)
         kernel = jax.random.normal(jax.random.key(18), kernel_shape)
-
-        def loss(x, kernel, conv):
-            return jnp.sum(jnp.sin(conv(x, kernel)))
-
-        def xla(x, kernel):
-            return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-        expected = xla(x, kernel)
-        np.testing.assert_allclose(np.asarray(conv2d_by_taps(x, kernel)), np.asarray(expected),
-                                   atol=1e-5 * float(jnp.max(jnp.abs(expected))), err_msg=str(kernel_shape))
-        for ours, theirs in zip(jax.grad(loss, (0, 1))(x, kernel, conv2d_by_taps), jax.grad(loss, (0, 1))(x, kernel, xla)):
-            np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), atol=1e-4 * float(jnp.max(jnp.abs(theirs))))
+        assert_same_values_and_gradients(conv2d_by_taps, xla_conv2d, x, kernel, str(kernel_shape))
 
 
 def test_depthwise_conv2d_equals_the_grouped_convolution():
@@ -234,19 +236,8 @@ def test_depthwise_conv2d_equals_the_grouped_convolution():
     for shape, size in (((2, 9, 8, 5), (7, 7)), ((1, 6, 4, 3), (3, 5)), ((1, 2, 3, 4), (7, 7))):
         x = jax.random.normal(jax.random.key(21), shape)
         kernel = jax.random.normal(jax.random.key(22), size + (1, shape[-1]))
-
-        def xla(x, kernel):
-            return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                                feature_group_count=x.shape[-1])
-
-        def loss(x, kernel, conv):
-            return jnp.sum(jnp.sin(conv(x, kernel)))
-
-        expected = xla(x, kernel)
-        np.testing.assert_allclose(np.asarray(depthwise_conv2d(x, kernel)), np.asarray(expected),
-                                   atol=1e-5 * float(jnp.max(jnp.abs(expected))), err_msg=str(size))
-        for ours, theirs in zip(jax.grad(loss, (0, 1))(x, kernel, depthwise_conv2d), jax.grad(loss, (0, 1))(x, kernel, xla)):
-            np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), atol=1e-4 * float(jnp.max(jnp.abs(theirs))))
+        grouped = lambda x, kernel: xla_conv2d(x, kernel, groups=x.shape[-1])  # noqa: E731
+        assert_same_values_and_gradients(depthwise_conv2d, grouped, x, kernel, str(size))
 
 
 def test_image_skip_path_reproduces_the_source_when_nothing_moves():

@@ -152,6 +152,12 @@ def conv3d_same(x, kernel, lowering: str = "auto", upsample: int = 1):
     return sum(y[:, tap : tap + d, :, :, tap] for tap in range(kd))
 
 
+def conv2d_same(x, kernel):
+    """XLA's stride-1 'SAME' 2D convolution of x [B, H, W, C] with kernel [kh, kw, C, O], in x's dtype."""
+    return jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), (1, 1), "SAME",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
 def _phase_taps(factor: int, kernel: int):
     """For a 'SAME' convolution (odd `kernel`, padding kernel // 2) of an input upsampled by `factor` (nearest),
     output phase a (output index i * factor + a) reads the input pixels of coarse offsets lo..hi from i:
@@ -175,8 +181,7 @@ def conv_of_upsampled(x, kernel, factor: int):
     at factor 2 and 1/4 at factor 4 (LivePortrait's SPADE layers read their 64x64 segmentation map at 128 and 256);
     the same result up to float rounding. x [B, h, w, C] -> [B, h * factor, w * factor, O]."""
     if factor == 1:
-        return jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), (1, 1), "SAME",
-                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return conv2d_same(x, kernel)
     b, h, w, _ = x.shape
     k, features = kernel.shape[0], kernel.shape[-1]
     phases = _phase_taps(factor, k)

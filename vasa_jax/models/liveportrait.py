@@ -34,8 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vasa_jax import ops
-from vasa_jax.models.layers import (config_from_mapping, conv2d_by_taps, conv3d_same, conv_of_upsampled,
-                                    depthwise_conv2d)
+from vasa_jax.models.layers import (config_from_mapping, conv2d_by_taps, conv2d_same, conv3d_same,
+                                    conv_of_upsampled, depthwise_conv2d)
 from vasa_jax.models.torch_import import import_mirrored_state_dict, load_torch_state_dict
 
 NUM_POSE_BINS = 66
@@ -138,11 +138,6 @@ class ConvParams(nn.Module):
         if not self.use_bias:
             return kernel, None
         return kernel, self.param("bias", nn.initializers.zeros, (self.features,))
-
-
-def _conv_same(x, kernel):
-    return jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), (1, 1), "SAME",
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 def _batch_norm(name):
@@ -459,7 +454,7 @@ def _conv_of_resized(x, kernel, size):
     (height, width), (h, w) = size, x.shape[1:3]
     if height % h == 0 and width % w == 0 and height // h == width // w:
         return conv_of_upsampled(x, kernel, height // h)
-    return _conv_same(_resize_nearest_hw(x, height, width), kernel)
+    return conv2d_same(_resize_nearest_hw(x, height, width), kernel)
 
 
 class SPADE(nn.Module):
@@ -483,7 +478,7 @@ class SPADE(nn.Module):
             projection = projection.astype(x.dtype)
             scaled = scaled @ projection
             beta_kernel, beta_bias = beta_kernel @ projection, beta_bias @ projection
-        return scaled + _conv_same(actv, beta_kernel) + beta_bias.astype(x.dtype)
+        return scaled + conv2d_same(actv, beta_kernel) + beta_bias.astype(x.dtype)
 
 
 class SPADEResnetBlock(nn.Module):
