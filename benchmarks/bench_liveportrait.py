@@ -27,7 +27,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 # PyTorch's OpenMP threads otherwise spin for a while after each parallel region, on the cores JAX's run that
-# follows needs: interleaved, JAX's frame took 11.3 s against 9.5 s alone (torch 11.5 s against 10.5 s alone);
+# follows needs: interleaved, JAX's frame took 11.3 s against 9.5 s alone (torch 11.5 s against 10.9 s alone);
 # with passive waiting 10.0 s (torch 11.0 s). Must be set before torch loads its OpenMP runtime.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
