@@ -260,6 +260,29 @@ def test_image_skip_path_reproduces_the_source_when_nothing_moves():
     np.testing.assert_allclose(np.asarray(warped), np.asarray(images), atol=1e-4)
 
 
+def test_the_source_edit_paints_over_the_warped_source():
+    """With `gen_source_edit` the warped source is edited in logit space before the blend: it starts as no edit
+    (zero kernel and bias), and an edit of +b everywhere with the blend held on the warped source renders
+    sigmoid(logit(source) + b) when nothing moves (the warped source is then the source)."""
+    cfg = Stage1ModelConfig(**{**SMALL, "gen_image_skip": True, "image_motion_num_levels": 2, "gen_source_edit": True})
+    model = FaceLatentModel(cfg)
+    images = jax.random.uniform(jax.random.key(12), (2, 32, 32, 3), minval=0.05, maxval=0.95)
+    params = nn.unbox(model.init(jax.random.key(13), images, images))
+    edit = params["params"]["generator"]["source_edit"]
+    assert not np.any(np.asarray(edit["kernel"])) and not np.any(np.asarray(edit["bias"]))
+    volume, z_id, pose, dyn = model.apply(params, images, method=FaceLatentModel.encode)
+
+    def decode(edit_bias):
+        p = jax.tree_util.tree_map(lambda x: x, params)
+        p["params"]["generator"]["source_edit"]["bias"] = jnp.full((3,), edit_bias)
+        p["params"]["generator"]["blend"]["bias"] = jnp.full((1,), 30.0)  # sigmoid(30): the warped source only
+        return model.apply(p, volume, z_id, pose, dyn, pose, dyn, images, method=FaceLatentModel.decode)
+
+    np.testing.assert_allclose(np.asarray(decode(0.0)), np.asarray(images), atol=1e-4)
+    logit = np.log(np.asarray(images)) - np.log1p(-np.asarray(images))
+    np.testing.assert_allclose(np.asarray(decode(1.5)), 1.0 / (1.0 + np.exp(-(logit + 1.5))), atol=1e-4)
+
+
 def test_image_plane_flows_follow_keypoints_and_rotation():
     """Keypoint k's flow sends its driving position to its source position; with a pure in-plane rotation
     (roll) between the frames it rotates the image plane about the keypoint; flow 0 is the identity."""

@@ -40,10 +40,11 @@ def batch_sharded(x):
     return nn.with_logical_constraint(x, (BATCH,) + (None,) * (x.ndim - 1))
 
 
-def conv_kernel_init(ndim: int):
-    """He-style init for a conv kernel of `ndim` spatial dims, with logical axes (spatial..., conv_in, conv_out)."""
+def conv_kernel_init(ndim: int, zero: bool = False):
+    """He-style (or, with `zero`, all-zero) init for a conv kernel of `ndim` spatial dims, with logical axes
+    (spatial..., conv_in, conv_out)."""
     axes = (None,) * ndim + ("conv_in", "conv_out")
-    return nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes)
+    return nn.with_logical_partitioning(nn.initializers.zeros_init() if zero else nn.initializers.lecun_normal(), axes)
 
 
 def bias_init():
@@ -250,9 +251,11 @@ class Conv3D(nn.Module):
         return out + bias.astype(out.dtype)
 
 
-def Conv(features: int, kernel: int, ndim: int, stride: int = 1, use_bias: bool = True, name: str | None = None):
-    """A 'SAME'-padded 2D or 3D convolution with logically partitioned parameters."""
-    if ndim == 3 and stride == 1 and use_bias:
+def Conv(features: int, kernel: int, ndim: int, stride: int = 1, use_bias: bool = True, name: str | None = None,
+         zero_init: bool = False):
+    """A 'SAME'-padded 2D or 3D convolution with logically partitioned parameters; `zero_init` starts it at exactly
+    zero output."""
+    if ndim == 3 and stride == 1 and use_bias and not zero_init:
         return Conv3D(features, kernel, name=name)
     return nn.Conv(
         features,
@@ -260,7 +263,7 @@ def Conv(features: int, kernel: int, ndim: int, stride: int = 1, use_bias: bool 
         strides=(stride,) * ndim,
         padding="SAME",
         use_bias=use_bias,
-        kernel_init=conv_kernel_init(ndim),
+        kernel_init=conv_kernel_init(ndim, zero_init),
         bias_init=bias_init(),
         name=name,
     )

@@ -114,6 +114,11 @@ class Stage1ModelConfig:
     image_motion_base_channels: int = 16
     image_motion_max_channels: int = 64
     image_motion_num_levels: int = 3
+    # With the image-space skip path: the warped source is edited before the blend, by a per-pixel colour change in
+    # logit space (zero at initialisation) that the refiner's features and the layout paint over it. Closing a lid or
+    # opening a mouth is then a local edit of a sharp image; without it the blend can only hand the whole face
+    # interior to the generator's own image, which the volume path draws as a blur (seen at every blink frame).
+    gen_source_edit: bool = False
 
     @property
     def volume_size(self) -> int:
@@ -488,6 +493,10 @@ class Generator(nn.Module):
         # Training reads the generator's own image (losses.generated_l1) so that the 3D motion keeps learning
         # where the blend already prefers the warped source.
         self.sow("intermediates", "generated", generated)
+        if cfg.gen_source_edit:
+            edit = Conv(3, 3, 2, name="source_edit", zero_init=True)(x).astype(jnp.float32)
+            inside = jnp.clip(warped_source, 1e-3, 1.0 - 1e-3)
+            warped_source = jax.nn.sigmoid(jnp.log(inside) - jnp.log1p(-inside) + edit)
         blend = jax.nn.sigmoid(Conv(1, 7, 2, name="blend")(x).astype(jnp.float32))
         self.sow("intermediates", "blend_weight", blend)  # the warped source's weight, for the evaluation's statistics
         return blend * warped_source + (1.0 - blend) * generated
