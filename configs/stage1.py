@@ -61,6 +61,7 @@ def base_model():
         gen_channels=512,
         gen_num_res_blocks=6,
         gen_image_skip=False,
+        gen_source_edit=False,  # with the image-skip path only (Stage1ModelConfig)
         expression_channels=256,
         expression_map_channels=16,
         refine_base_channels=32,
