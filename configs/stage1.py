@@ -84,6 +84,9 @@ def get_config(variant: str = ""):
         reconstruction_scales=1,  # image pyramid levels of the L1 terms (summed)
         # L1 on the volume path's own image before it is blended with the warped source (image-skip models only).
         generated_l1=0.0,
+        # Image-skip models: the blend's weight of the warped source pushed, per pixel, towards whichever of the
+        # warped source and the generated image is closer to the frame (losses.blend_choice_loss).
+        blend_choice=0.0,
         perceptual=10.0,
         perceptual_scales=4,
         perceptual_layers=dict(relu1_1=0.03125, relu2_1=0.0625, relu3_1=0.125, relu4_1=0.25, relu5_1=1.0),
@@ -323,8 +326,8 @@ def _make_liveportrait(config, tiny: bool):
     config.data.batch_size = 8
     config.losses.update(
         reconstruction_l1=0.0, region_l1=10.0, perceptual=10.0, adversarial=1.0, feature_matching=10.0,
-        identity=5.0, generated_l1=0.0, layout=0.0, equivariance=0.0, keypoint_prior=0.0, head_pose=0.0,
-        head_pose_bins=0.0, deformation_prior=0.0, pairwise_transfer=0.0, expression_labels=0.0,
+        identity=5.0, generated_l1=0.0, blend_choice=0.0, layout=0.0, equivariance=0.0, keypoint_prior=0.0,
+        head_pose=0.0, head_pose_bins=0.0, deformation_prior=0.0, pairwise_transfer=0.0, expression_labels=0.0,
     )
     # Fine-tuning: a small step for the pretrained generator, the usual one for the fresh discriminator.
     config.optimizer.update(learning_rate=2e-5, warmup_steps=100)

@@ -93,6 +93,26 @@ def test_region_l1_averages_each_region_over_its_own_pixels():
     np.testing.assert_allclose(float(losses.region_l1(prediction, target, jnp.asarray(regions))), 0.1, rtol=1e-5)
 
 
+def test_blend_choice_pushes_each_pixel_towards_the_closer_image():
+    """The target of each pixel is the image closer to the frame there (the source on ties); the loss is the mean
+    sigmoid cross-entropy towards it, and its gradient raises the source's logit only where the source is closer."""
+    rng = np.random.default_rng(0)
+    target = rng.uniform(0, 1, (2, 6, 6, 3)).astype(np.float32)
+    source = target + rng.normal(0, 0.1, target.shape).astype(np.float32)
+    generated = target + rng.normal(0, 0.1, target.shape).astype(np.float32)
+    generated[0, 0, 0] = source[0, 0, 0]  # a tie: the source is chosen
+    logits = rng.normal(0, 1, (2, 6, 6, 1)).astype(np.float32)
+    closer = (np.abs(source - target).mean(-1, keepdims=True)
+              <= np.abs(generated - target).mean(-1, keepdims=True)).astype(np.float32)
+    assert closer[0, 0, 0, 0] == 1.0 and 0 < closer.mean() < 1
+    probability = 1.0 / (1.0 + np.exp(-logits))
+    expected = -np.mean(closer * np.log(probability) + (1 - closer) * np.log(1 - probability))
+    loss_fn = lambda z: losses.blend_choice_loss(z, jnp.asarray(source), jnp.asarray(generated), jnp.asarray(target))
+    np.testing.assert_allclose(float(loss_fn(jnp.asarray(logits))), expected, rtol=1e-5)
+    gradient = np.asarray(jax.grad(loss_fn)(jnp.asarray(logits)))
+    np.testing.assert_array_equal(gradient < 0, closer == 1.0)  # descent raises the source's weight where it is closer
+
+
 def test_expression_label_loss_scales_labels():
     readout = jnp.array([[0.5, 1.0, 0.5, -0.25]])
     labels = jnp.array([[0.5, 1.0, 10.0, -5.0]])  # gaze in degrees, scaled by 0.05

@@ -34,6 +34,17 @@ def override_flags(config_overrides):
     return [f"--config.{key}={value}" for key, value in config_overrides.items()]
 
 
+def test_losses_of_the_image_skip_path_need_that_path():
+    """generated_l1 and blend_choice read the image-skip path's intermediates: without the path, a clear error."""
+    for name in ("generated_l1", "blend_choice"):
+        config = small_config()
+        config.model.gen_image_skip = False
+        config.losses.update(generated_l1=0.0, blend_choice=0.0)
+        config.losses[name] = 1.0
+        with pytest.raises(ValueError, match=f"losses.{name} needs a model with the image-space skip path"):
+            loop.make_task(config)
+
+
 def test_sharded_step_equals_single_device_step():
     """Same losses (1e-5) and the same updated parameters (1e-5) on a 4 x 2 mesh as on one device.
 

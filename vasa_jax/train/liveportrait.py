@@ -25,8 +25,8 @@ from vasa_jax import ops
 from vasa_jax.train.stage1 import Stage1Task
 
 # Loss weights of the stage-1 config that need our own model's latents or intermediates.
-UNSUPPORTED_LOSSES = ("generated_l1", "layout", "equivariance", "keypoint_prior", "head_pose", "head_pose_bins",
-                      "deformation_prior", "pairwise_transfer", "expression_labels")
+UNSUPPORTED_LOSSES = ("generated_l1", "blend_choice", "layout", "equivariance", "keypoint_prior", "head_pose",
+                      "head_pose_bins", "deformation_prior", "pairwise_transfer", "expression_labels")
 
 
 class LivePortraitTask(Stage1Task):

@@ -94,6 +94,8 @@ class Stage1Task:
             )
         if config.losses.generated_l1 > 0 and not model_cfg.gen_image_skip:
             raise ValueError("losses.generated_l1 needs a model with the image-space skip path (model.gen_image_skip)")
+        if config.losses.blend_choice > 0 and not model_cfg.gen_image_skip:
+            raise ValueError("losses.blend_choice needs a model with the image-space skip path (model.gen_image_skip)")
         return model_cfg, FaceLatentModel(model_cfg)
 
     # ----------------------------------------------------------------------------------------------- state
@@ -211,6 +213,11 @@ class Stage1Task:
             # The region L1 on the generator's own image (before the blend with the warped source) too, which is
             # what can render an opening the warped source lacks.
             terms["region_l1"] = terms["region_l1"] + losses.region_l1(generated, driving, batch["driving_regions"])
+        if cfg.blend_choice > 0:
+            generator_intermediates = intermediates["intermediates"]["generator"]
+            terms["blend_choice"] = losses.blend_choice_loss(
+                per_target(generator_intermediates["blend_logits"][0])[0],
+                per_target(generator_intermediates["blend_source"][0])[0], generated, driving)
         if cfg.equivariance > 0 or cfg.keypoint_prior > 0:
             tps = ops.sample_tps_params(
                 rng, b, sigma_affine=cfg.tps_sigma_affine, sigma_tps=cfg.tps_sigma_tps, points_tps=cfg.tps_points
