@@ -92,10 +92,9 @@ class Stage1Task:
             raise ValueError(
                 f"data.resolution ({config.data.resolution}) must equal model.image_size ({model_cfg.image_size})"
             )
-        if config.losses.generated_l1 > 0 and not model_cfg.gen_image_skip:
-            raise ValueError("losses.generated_l1 needs a model with the image-space skip path (model.gen_image_skip)")
-        if config.losses.blend_choice > 0 and not model_cfg.gen_image_skip:
-            raise ValueError("losses.blend_choice needs a model with the image-space skip path (model.gen_image_skip)")
+        for name in ("generated_l1", "blend_choice"):  # they read the image-skip path's intermediates
+            if config.losses[name] > 0 and not model_cfg.gen_image_skip:
+                raise ValueError(f"losses.{name} needs a model with the image-space skip path (model.gen_image_skip)")
         return model_cfg, FaceLatentModel(model_cfg)
 
     # ----------------------------------------------------------------------------------------------- state
