@@ -7,6 +7,7 @@ from typing import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from vasa_jax import ops
 
@@ -50,8 +51,7 @@ def blend_choice_loss(blend_logits, source, generated, target):
     source_error = jnp.abs(source - target).astype(jnp.float32).mean(axis=-1, keepdims=True)
     generated_error = jnp.abs(generated - target).astype(jnp.float32).mean(axis=-1, keepdims=True)
     choice = jax.lax.stop_gradient((source_error <= generated_error).astype(jnp.float32))
-    logits = blend_logits.astype(jnp.float32)
-    return jnp.mean(jnp.maximum(logits, 0) - logits * choice + jnp.log1p(jnp.exp(-jnp.abs(logits))))
+    return jnp.mean(optax.sigmoid_binary_cross_entropy(blend_logits.astype(jnp.float32), choice))
 
 
 def layout_loss(logits, layout):
@@ -61,7 +61,7 @@ def layout_loss(logits, layout):
     size. A map empty in the whole batch adds nothing to the Dice term when the prediction is empty too."""
     logits = logits.astype(jnp.float32)
     target = layout.astype(jnp.float32)
-    cross_entropy = jnp.mean(jnp.maximum(logits, 0) - logits * target + jnp.log1p(jnp.exp(-jnp.abs(logits))))
+    cross_entropy = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, target))
     prob = jax.nn.sigmoid(logits)
     overlap = jnp.sum(prob * target, axis=(0, 1, 2))
     dice = 1.0 - (2.0 * overlap + 1.0) / (jnp.sum(prob, axis=(0, 1, 2)) + jnp.sum(target, axis=(0, 1, 2)) + 1.0)

@@ -498,9 +498,9 @@ class Generator(nn.Module):
             inside = jnp.clip(warped_source, 1e-3, 1.0 - 1e-3)
             warped_source = jax.nn.sigmoid(jnp.log(inside) - jnp.log1p(-inside) + edit)
         blend_logits = Conv(1, 7, 2, name="blend")(x).astype(jnp.float32)
-        blend = jax.nn.sigmoid(blend_logits)
-        self.sow("intermediates", "blend_weight", blend)  # the warped source's weight, for the evaluation's statistics
-        # For the blend-choice loss: the blend's logits and the source image it weighs (edited when that is on).
+        blend = jax.nn.sigmoid(blend_logits)  # the warped source's weight
+        # For the evaluation's blend statistics and the blend-choice loss: the blend's logits and the source image it
+        # weighs (edited when that is on).
         self.sow("intermediates", "blend_logits", blend_logits)
         self.sow("intermediates", "blend_source", warped_source)
         return blend * warped_source + (1.0 - blend) * generated

@@ -392,8 +392,9 @@ class Stage1Task:
             b = source.shape[0]
             render = lambda p, d, **kw: apply(FaceLatentModel.decode, volume, z_id, pose_s, dyn_s, p, d, source, **kw)
             recon, intermediates = render(pose[:b], dyn[:b], mutable=["intermediates"])
-            blend = intermediates.get("intermediates", {}).get("generator", {}).get("blend_weight")
-            blend = blend[0] if blend is not None else jnp.ones(recon.shape[:3] + (1,), recon.dtype)
+            blend_logits = intermediates.get("intermediates", {}).get("generator", {}).get("blend_logits")
+            blend = (jax.nn.sigmoid(blend_logits[0]) if blend_logits is not None
+                     else jnp.ones(recon.shape[:3] + (1,), recon.dtype))
             readout = apply(FaceLatentModel.read_expression, dyn[:b])
             return recon, render(pose[b:], dyn[b:]), pose[:b], blend, readout
 
