@@ -91,6 +91,10 @@ def get_config(variant: str = ""):
         perceptual_scales=4,
         perceptual_layers=dict(relu1_1=0.03125, relu2_1=0.0625, relu3_1=0.125, relu4_1=0.25, relu5_1=1.0),
         adversarial=1.0,
+        # The hinge GAN again, with the discriminator's patches weighted by their share of the driving frame's mouth
+        # and eye regions (for the generator and, added to the whole image's hinge, for the discriminator): a
+        # sharpness term where expression shows, which L1 draws as a blur. Alone, it trains a region discriminator.
+        region_adversarial=0.0,
         feature_matching=10.0,  # summed over discriminator layers and scales
         equivariance=10.0,
         keypoint_prior=10.0,

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from vasa_jax import ops
 from vasa_jax.losses import stage1 as losses
@@ -25,6 +26,33 @@ def test_hinge_losses():
     # relu(1 - real) means: [0, .5] -> .25 and [0] -> 0 ; relu(1 + fake): [0, 1] -> .5 and [.5] -> .5
     np.testing.assert_allclose(float(losses.hinge_discriminator_loss(real, fake)), 0.25 + 0.5 + 0.0 + 0.5)
     np.testing.assert_allclose(float(losses.hinge_generator_loss(fake)), 1.0 + 0.5)
+
+
+def test_region_hinge_losses_judge_only_the_regions_patches():
+    """Mouth and eye masks -> each logit cell's covered share; the hinge terms become the weighted means."""
+    regions = np.zeros((2, 8, 8, 2), np.float32)
+    regions[0, 0:4, 0:4, 0] = 1.0  # example 0: a mouth filling the top-left cell
+    regions[0, 0:2, 0:4, 1] = 1.0  # an eye over the same pixels: the union counts them once
+    regions[1, 4:8, 6:8, 1] = 1.0  # example 1: half of the bottom-right cell
+    weights = losses.region_patch_weights(jnp.asarray(regions), (2, 2, 2, 1))
+    expected = np.zeros((2, 2, 2, 1), np.float32)
+    expected[0, 0, 0, 0], expected[1, 1, 1, 0] = 1.0, 0.5
+    np.testing.assert_allclose(np.asarray(weights), expected)
+
+    rng = np.random.default_rng(0)
+    real, fake = (jnp.asarray(rng.normal(size=(2, 2, 2, 1)).astype(np.float32)) for _ in range(2))
+    w = expected
+    np.testing.assert_allclose(float(losses.hinge_generator_loss([fake], [weights])),
+                               -np.sum(w * np.asarray(fake)) / w.sum(), rtol=1e-6)
+    hinge = lambda x: np.maximum(x, 0.0)
+    np.testing.assert_allclose(
+        float(losses.hinge_discriminator_loss([real], [fake], [weights])),
+        (np.sum(w * hinge(1 - np.asarray(real))) + np.sum(w * hinge(1 + np.asarray(fake)))) / w.sum(), rtol=1e-6)
+    # The generator's gradient reaches only the covered patches.
+    grad = np.asarray(jax.grad(lambda f: losses.hinge_generator_loss([f], [weights]))(fake))
+    assert np.all(grad[expected == 0] == 0) and np.all(grad[expected > 0] < 0)
+    with pytest.raises(ValueError, match="do not tile"):
+        losses.region_patch_weights(jnp.asarray(regions), (2, 3, 3, 1))
 
 
 def test_head_pose_loss_in_degrees_summed_over_angles_with_mask():

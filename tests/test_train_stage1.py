@@ -26,7 +26,7 @@ def small_config():
     config.data.update(resolution=32, num_identities=6, eval_identities=2, eval_pairs=8, batch_size=8, num_threads=1)
     config.losses.identity = 0.0  # ArcFace at 112x112 is the slowest piece to compile; its loss has its own tests
     config.losses.update(perceptual=1.0, pairwise_transfer=1.0, perceptual_layers=dict(relu1_1=1.0, relu2_1=1.0),
-                         adversarial=0.1, feature_matching=1.0)
+                         adversarial=0.1, region_adversarial=0.1, feature_matching=1.0)
     return config
 
 
@@ -91,7 +91,8 @@ def test_sharded_step_equals_single_device_step():
                 host_state["params"])
             perturbed = jax.device_put(dict(host_state, params=flipped), state_shardings)
             updates["single_last_bit"] = jax.device_get(two_step_update(perturbed)[0])
-    assert {"perceptual", "pairwise_transfer", "head_pose_bins", "adversarial"} <= set(metrics["single"])
+    assert {"perceptual", "pairwise_transfer", "head_pose_bins", "adversarial", "region_adversarial"} <= set(
+        metrics["single"])
     for key in metrics["single"]:
         rtol = 1e-3 if key.endswith("grad_norm") else 1e-5  # gradient norms: the warp's border jump, see above
         np.testing.assert_allclose(metrics["mesh"][key], metrics["single"][key], rtol=rtol, atol=1e-7, err_msg=key)

@@ -90,17 +90,42 @@ def perceptual_loss(
     return total
 
 
-def hinge_discriminator_loss(real_logits: Sequence[jax.Array], fake_logits: Sequence[jax.Array]):
-    """Hinge loss for the discriminator, averaged over patches and summed over scales."""
+def hinge_discriminator_loss(real_logits: Sequence[jax.Array], fake_logits: Sequence[jax.Array],
+                             patch_weights: Sequence[jax.Array] | None = None):
+    """Hinge loss for the discriminator, averaged over patches and summed over scales. With `patch_weights` (one
+    map per scale, broadcastable to its logits: `region_patch_weights`) each patch counts by its weight."""
+    weights = [None] * len(real_logits) if patch_weights is None else patch_weights
     total = 0.0
-    for real, fake in zip(real_logits, fake_logits):
-        total = total + jnp.mean(jax.nn.relu(1.0 - real)) + jnp.mean(jax.nn.relu(1.0 + fake))
+    for real, fake, weight in zip(real_logits, fake_logits, weights):
+        total = total + _patch_mean(jax.nn.relu(1.0 - real), weight) + _patch_mean(jax.nn.relu(1.0 + fake), weight)
     return total
 
 
-def hinge_generator_loss(fake_logits: Sequence[jax.Array]):
-    """The generator's side of the hinge GAN: -mean D(fake), summed over scales."""
-    return sum(-jnp.mean(fake) for fake in fake_logits)
+def hinge_generator_loss(fake_logits: Sequence[jax.Array], patch_weights: Sequence[jax.Array] | None = None):
+    """The generator's side of the hinge GAN: -mean D(fake), summed over scales (patches weighted as in
+    `hinge_discriminator_loss`)."""
+    weights = [None] * len(fake_logits) if patch_weights is None else patch_weights
+    return sum(-_patch_mean(fake, weight) for fake, weight in zip(fake_logits, weights))
+
+
+def _patch_mean(values, weights):
+    if weights is None:
+        return jnp.mean(values)
+    weights = jnp.broadcast_to(weights, values.shape)
+    return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1e-6)
+
+
+def region_patch_weights(regions, logits_shape):
+    """The share of each patch logit's cell (the H/h x W/w pixels it stands for) covered by any of the `regions`
+    [B, H, W, R] (0/1 masks of the mouth and the eyes): [B, h, w, 1] for logits of shape [B, h, w, 1]. The patch
+    discriminator's logits then judge, and train, only where expression shows."""
+    b, height, width, _ = regions.shape
+    h, w = logits_shape[1], logits_shape[2]
+    if height % h or width % w:
+        raise ValueError(f"the discriminator's {h}x{w} logits do not tile the {height}x{width} region masks; "
+                         "the region adversarial term needs an image size divisible by the logits' size")
+    union = jnp.max(regions.astype(jnp.float32), axis=-1)
+    return union.reshape(b, h, height // h, w, width // w).mean(axis=(2, 4))[..., None]
 
 
 def feature_matching_loss(real_features: Sequence[Sequence[jax.Array]], fake_features: Sequence[Sequence[jax.Array]]):

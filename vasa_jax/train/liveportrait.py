@@ -8,9 +8,10 @@ the source and sample grid. It starts from the published checkpoints imported fr
 What differs from our own stage 1:
 * The frames come at data.resolution, the renderer's output size; the networks read them downsampled by the
   decoder's upscale factor (2x2 means: 512 -> 256 for the published model).
-* The image terms only (reconstruction L1, L1 in the mouth and the eyes, perceptual, adversarial, feature
-  matching, identity on a cross-identity re-enactment). The keypoint, pose and expression terms read our stage
-  1's latents; LivePortrait's are already trained, and the config refuses those weights.
+* The image terms only (reconstruction L1, L1 in the mouth and the eyes, perceptual, adversarial over the image
+  and over the mouth and the eyes, feature matching, identity on a cross-identity re-enactment). The keypoint,
+  pose and expression terms read our stage 1's latents; LivePortrait's are already trained, and the config
+  refuses those weights.
 * BatchNorm statistics stay the imported ones (running averages, as at inference): a few images per step would
   make poor batch statistics. They live in the state beside the parameters, so a workdir is a whole model.
 """
@@ -40,7 +41,8 @@ class LivePortraitTask(Stage1Task):
         if switched_on:
             raise ValueError(
                 f"losses {switched_on} read our stage-1 model's latents; the LivePortrait task trains with "
-                "reconstruction_l1, region_l1, perceptual, adversarial, feature_matching and identity: set them to 0")
+                "reconstruction_l1, region_l1, perceptual, adversarial, region_adversarial, feature_matching and "
+                "identity: set them to 0")
         return model_cfg, LivePortrait(model_cfg)
 
     def model_input(self, images):

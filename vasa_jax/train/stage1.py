@@ -258,7 +258,7 @@ class Stage1Task:
     def _image_terms(self, frozen, disc_vars, batch, source, driving, reconstruction):
         """The terms that compare the reconstruction of the driving frame with it (each computed only when its
         weight is on): pyramid L1, L1 inside the mouth and the eyes (where expression shows), perceptual, and the
-        adversarial and feature-matching terms of the discriminator."""
+        discriminator's adversarial (over the image, and over the mouth and the eyes) and feature-matching terms."""
         cfg = self.config.losses
         terms = {}
         if cfg.reconstruction_l1 > 0:
@@ -270,16 +270,29 @@ class Stage1Task:
             terms["perceptual"] = losses.perceptual_loss(
                 vgg, reconstruction, driving, dict(cfg.perceptual_layers), cfg.perceptual_scales
             )
-        if cfg.adversarial > 0 or cfg.feature_matching > 0:
+        if self._trains_discriminator:
             # Real and generated images in one batch joined example by example (`ops.join_frames`).
             outputs = self._network(self.discriminator, disc_vars, ops.join_frames([driving, reconstruction]))
             real_features = [[ops.split_frames(f, 2)[0] for f in feats] for feats, _ in outputs]
             fake_features = [[ops.split_frames(f, 2)[1] for f in feats] for feats, _ in outputs]
+            fake_logits = [ops.split_frames(lg, 2)[1] for _, lg in outputs]
             if cfg.adversarial > 0:
-                terms["adversarial"] = losses.hinge_generator_loss([ops.split_frames(lg, 2)[1] for _, lg in outputs])
+                terms["adversarial"] = losses.hinge_generator_loss(fake_logits)
+            if cfg.region_adversarial > 0:
+                terms["region_adversarial"] = losses.hinge_generator_loss(
+                    fake_logits, self._region_patch_weights(batch, fake_logits))
             if cfg.feature_matching > 0:
                 terms["feature_matching"] = losses.feature_matching_loss(real_features, fake_features)
         return terms
+
+    @property
+    def _trains_discriminator(self):
+        cfg = self.config.losses
+        return cfg.adversarial > 0 or cfg.feature_matching > 0 or cfg.region_adversarial > 0
+
+    @staticmethod
+    def _region_patch_weights(batch, logits):
+        return [losses.region_patch_weights(batch["driving_regions"], lg.shape) for lg in logits]
 
     def _identity_term(self, frozen, source, reenacted):
         # ArcFace sees the aligned face it was trained on, cut from the known framing of the training crop.
@@ -307,7 +320,7 @@ class Stage1Task:
 
         new_disc_params, disc_opt, new_stats = params["discriminator"], state["opt_state"]["discriminator"], disc_vars["batch_stats"]
         metrics = {}
-        if cfg.adversarial > 0 or cfg.feature_matching > 0:
+        if self._trains_discriminator:
             fake = jax.lax.stop_gradient(reconstruction)
 
             def disc_loss_fn(disc_params):
@@ -319,7 +332,14 @@ class Stage1Task:
                 )
                 logits = [lg for _, lg in outputs]
                 real_logits, fake_logits = zip(*(ops.split_frames(lg, 2) for lg in logits))
-                loss = losses.hinge_discriminator_loss(list(real_logits), list(fake_logits))
+                # The whole image's hinge for the adversarial and feature-matching terms; the mouth's and the
+                # eyes' for the region term (a discriminator that judges only the regions when it is the only one).
+                loss = 0.0
+                if cfg.adversarial > 0 or cfg.feature_matching > 0:
+                    loss = loss + losses.hinge_discriminator_loss(list(real_logits), list(fake_logits))
+                if cfg.region_adversarial > 0:
+                    loss = loss + losses.hinge_discriminator_loss(
+                        list(real_logits), list(fake_logits), self._region_patch_weights(batch, fake_logits))
                 return loss, updates["batch_stats"]
 
             (disc_loss, new_stats), disc_grads = jax.value_and_grad(disc_loss_fn, has_aux=True)(params["discriminator"])
