@@ -76,7 +76,9 @@ def get_config(variant: str = ""):
     config.seed = 0
 
     config.model = base_model()
-    config.discriminator = dict(scales=(1.0,), channels=(64, 128, 256, 512))
+    # layout_condition: the discriminator sees each image beside the driving frame's layout maps (mouth interior,
+    # eye openings, irises), so a sharp frame of the wrong expression is fake (Stage1Task._discriminate).
+    config.discriminator = dict(scales=(1.0,), channels=(64, 128, 256, 512), layout_condition=False)
 
     # Loss weights (face-vid2vid defaults for the shared terms; 0 switches a term off and skips its computation).
     config.losses = dict(

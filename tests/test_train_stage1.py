@@ -45,6 +45,31 @@ def test_losses_of_the_image_skip_path_need_that_path():
             loop.make_task(config)
 
 
+def test_a_layout_conditioned_discriminator_reads_the_driving_layout():
+    """discriminator.layout_condition: the discriminator is built for the image and the layout maps beside it, and
+    its verdict on the same images changes with the driving frame's layout (without the condition it cannot)."""
+    from vasa_jax.train.stage1 import to_float_images
+
+    verdicts = {}
+    for condition in (False, True):
+        config = small_config()
+        config.losses.update(perceptual=0.0, adversarial=0.0, feature_matching=0.0, region_adversarial=1.0)
+        config.discriminator.layout_condition = condition
+        task = loop.make_task(config)
+        batch = next(task.train_iterator(0, 1))
+        state = jax.jit(lambda r: nn.unbox(task.init_boxed(r)))(jax.random.key(0))
+        first_kernel = state["params"]["discriminator"]["scale_0"]["SpectralConv2D_0"]["kernel"]
+        assert first_kernel.shape[2] == (6 if condition else 3)
+        disc_vars = {"params": state["params"]["discriminator"], "batch_stats": state["batch_stats"]["discriminator"]}
+        images = to_float_images(batch)
+        term = jax.jit(lambda b: task._image_terms({}, disc_vars, b, images["source"], images["driving"],
+                                                   images["source"])["region_adversarial"])
+        shut = dict(batch, driving_layout=np.zeros_like(batch["driving_layout"]))
+        verdicts[condition] = float(term(batch)), float(term(shut))
+    assert verdicts[False][0] == verdicts[False][1]
+    assert abs(verdicts[True][0] - verdicts[True][1]) > 1e-4, verdicts
+
+
 def test_sharded_step_equals_single_device_step():
     """Same losses (1e-5) and the same updated parameters (1e-5) on a 4 x 2 mesh as on one device.
 

@@ -57,8 +57,7 @@ class LivePortraitTask(Stage1Task):
         image = jnp.zeros((1, size, size, 3), jnp.float32)
         gen_rng, disc_rng = jax.random.split(rng)
         generator = self.model.init(gen_rng, image, image)
-        output = jnp.zeros((1, self.model_cfg.output_size, self.model_cfg.output_size, 3), jnp.float32)
-        disc_vars = self.discriminator.init(disc_rng, output)
+        disc_vars = self.discriminator.init(disc_rng, self._discriminator_init_input(self.model_cfg.output_size))
         return {
             "step": jnp.zeros((), jnp.int32),
             "params": {"generator": generator["params"], "discriminator": disc_vars["params"]},

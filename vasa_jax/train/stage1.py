@@ -103,7 +103,7 @@ class Stage1Task:
         image = jnp.zeros((1, size, size, 3), jnp.float32)
         gen_rng, disc_rng = jax.random.split(rng)
         generator = self.model.init(gen_rng, image, image)["params"]
-        disc_vars = self.discriminator.init(disc_rng, image)
+        disc_vars = self.discriminator.init(disc_rng, self._discriminator_init_input(size))
         return {
             "step": jnp.zeros((), jnp.int32),
             "params": {"generator": generator, "discriminator": disc_vars["params"]},
@@ -141,6 +141,28 @@ class Stage1Task:
         if self.config.train.remat:
             call = jax.checkpoint(call)
         return call(variables, *args)
+
+    def _discriminator_init_input(self, size):
+        """A zero input of the discriminator's shape: the image, and with discriminator.layout_condition the
+        layout maps beside it."""
+        channels = 3 + (len(regions_lib.LAYOUT_NAMES) if self._layout_condition else 0)
+        return jnp.zeros((1, size, size, channels), jnp.float32)
+
+    @property
+    def _layout_condition(self):
+        return bool(self.config.discriminator.get("layout_condition", False))
+
+    def _discriminate(self, disc_vars, real, fake, batch, **kwargs):
+        """The discriminator on the real and generated frames in one batch joined example by example
+        (`ops.join_frames`: a batch-sharded step keeps each example on its device). With
+        discriminator.layout_condition each image is shown beside the driving frame's layout maps (mouth interior,
+        eye openings, irises), so a sharp image of the wrong expression (the warped source's open eyes where the
+        frame's are shut) is told from the real frame: a conditional GAN, as pix2pix conditions on its input."""
+        images = ops.join_frames([real, fake])
+        if self._layout_condition:
+            layout = batch["driving_layout"].astype(images.dtype)
+            images = jnp.concatenate([images, ops.join_frames([layout, layout])], axis=-1)
+        return self._network(self.discriminator, disc_vars, images, **kwargs)
 
     def _generator_constants(self, state):
         """Generator variables that training reads but never updates, beside its params: none for our model
@@ -271,8 +293,7 @@ class Stage1Task:
                 vgg, reconstruction, driving, dict(cfg.perceptual_layers), cfg.perceptual_scales
             )
         if self._trains_discriminator:
-            # Real and generated images in one batch joined example by example (`ops.join_frames`).
-            outputs = self._network(self.discriminator, disc_vars, ops.join_frames([driving, reconstruction]))
+            outputs = self._discriminate(disc_vars, driving, reconstruction, batch)
             real_features = [[ops.split_frames(f, 2)[0] for f in feats] for feats, _ in outputs]
             fake_features = [[ops.split_frames(f, 2)[1] for f in feats] for feats, _ in outputs]
             fake_logits = [ops.split_frames(lg, 2)[1] for _, lg in outputs]
@@ -324,12 +345,9 @@ class Stage1Task:
             fake = jax.lax.stop_gradient(reconstruction)
 
             def disc_loss_fn(disc_params):
-                outputs, updates = self._network(
-                    self.discriminator, {"params": disc_params, "batch_stats": disc_vars["batch_stats"]},
-                    ops.join_frames([images["driving"], fake]),
-                    update_stats=True,
-                    mutable=["batch_stats"],
-                )
+                outputs, updates = self._discriminate(
+                    {"params": disc_params, "batch_stats": disc_vars["batch_stats"]}, images["driving"], fake, batch,
+                    update_stats=True, mutable=["batch_stats"])
                 logits = [lg for _, lg in outputs]
                 real_logits, fake_logits = zip(*(ops.split_frames(lg, 2) for lg in logits))
                 # The whole image's hinge for the adversarial and feature-matching terms; the mouth's and the
