@@ -97,6 +97,9 @@ def get_config(variant: str = ""):
         # and eye regions (for the generator and, added to the whole image's hinge, for the discriminator): a
         # sharpness term where expression shows, which L1 draws as a blur. Alone, it trains a region discriminator.
         region_adversarial=0.0,
+        # The discriminator's terms judge a render with the keypoints, poses and dynamics held constant (one more
+        # decoder pass), so the GAN cannot move the head to sharpen the image (Stage1Task._generator_losses).
+        adversarial_detach_motion=False,
         feature_matching=10.0,  # summed over discriminator layers and scales
         equivariance=10.0,
         keypoint_prior=10.0,

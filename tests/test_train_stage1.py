@@ -70,6 +70,32 @@ def test_a_layout_conditioned_discriminator_reads_the_driving_layout():
     assert abs(verdicts[True][0] - verdicts[True][1]) > 1e-4, verdicts
 
 
+def test_detached_motion_keeps_the_discriminators_gradient_out_of_the_motion_encoders():
+    """losses.adversarial_detach_motion: the generator's region GAN term trains the appearance and the generator
+    but not the canonical keypoints, head pose or dynamics encoders (without it, the term reaches them through the
+    warp)."""
+    from vasa_jax.train.stage1 import to_float_images
+
+    gradients = {}
+    for detach in (False, True):
+        config = small_config()
+        config.losses.update({name: 0.0 for name, value in config.losses.items()
+                              if isinstance(value, float) and value > 0})
+        config.losses.update(region_adversarial=1.0, adversarial_detach_motion=detach)
+        task = loop.make_task(config)
+        batch = next(task.train_iterator(0, 1))
+        state = jax.jit(lambda r: nn.unbox(task.init_boxed(r)))(jax.random.key(0))
+        disc_vars = {"params": state["params"]["discriminator"], "batch_stats": state["batch_stats"]["discriminator"]}
+        loss = lambda params: task._generator_losses(params, {}, disc_vars, {}, to_float_images(batch), batch,
+                                                     jax.random.key(1))[0]
+        grads = jax.jit(jax.grad(loss))(state["params"]["generator"])
+        gradients[detach] = {name: tree_norm(grads[name]) for name in ("keypoints", "head_pose", "dynamics",
+                                                                         "appearance", "generator")}
+    assert all(gradients[False][name] > 0 for name in ("keypoints", "head_pose", "dynamics")), gradients
+    assert all(gradients[True][name] == 0 for name in ("keypoints", "head_pose", "dynamics")), gradients
+    assert gradients[True]["appearance"] > 0 and gradients[True]["generator"] > 0, gradients
+
+
 def test_sharded_step_equals_single_device_step():
     """Same losses (1e-5) and the same updated parameters (1e-5) on a 4 x 2 mesh as on one device.
 
