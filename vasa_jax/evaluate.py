@@ -11,7 +11,7 @@ Judged from pixels (what a viewer sees; needs a trained pixel judge, `vasa_jax.j
   lip sync  (`lip_sync_from_pixels`): the whole system animates a held-out portrait with held-out speech; the
             judge's mouth opening of the video against the speech's true mouth opening, beside its baselines
             (the judge on the true frames, another clip's speech, the audio condition nulled, the head pose alone)
-            and gaze control.
+            and gaze control (read by re-rendering with the pose, mouth and eyes fitted: `state_by_synthesis`).
 On motion latents (stage 2 alone, `known_answer`): linear probes fitted on the training clips read the mouth
 opening and the gaze out of the non-pose part of a motion vector (stage-1 z_dyn, or the renderer's state).
   lip sync: Pearson correlation between the probe's mouth opening on the generated motion and the true mouth
@@ -22,8 +22,9 @@ opening and the gaze out of the non-pose part of a motion vector (stage-1 z_dyn,
             (`window_seams`); no seam means a ratio of at most 1.
 
   python -m vasa_jax.evaluate --stage2 STAGE2_WORKDIR [--num_steps 50] [--max_clips 16]
-  python -m vasa_jax.evaluate --stage2 STAGE2_WORKDIR --stage1 STAGE1_WORKDIR --judge JUDGE_DIR [--num_steps 10]
-      (pixels: expression transfer and lip sync; a judge folder without a judge gets one trained)
+  python -m vasa_jax.evaluate --stage2 STAGE2_WORKDIR --stage1 STAGE1_WORKDIR --judge JUDGE_DIR [--num_steps 10] \
+      [--gaze_frames 5]
+      (pixels: expression transfer, lip sync and gaze control; a judge folder without a judge gets one trained)
 
 Any videos, ours or another system's (`evaluate_videos`, metrics in `vasa_jax.video_metrics`): per video and as
 means, LSE-C / LSE-D (VASA's S_C / S_D) and the AV offset with SyncNet's weights, CSIM with ArcFace's (against the
@@ -216,6 +217,64 @@ EYE_READINGS = (("eye_open", np.linspace(0.0, 1.0, 11)), ("gaze_theta", _GAZE_TH
                 ("gaze_phi", np.arange(-20.0, 20.01, 2.5)), ("gaze_theta", _GAZE_THETA_GRID))
 EYE_READING_START = {"eye_open": 1.0, "gaze_theta": 0.0, "gaze_phi": 0.0}
 
+# What `state_by_synthesis` fits before the eyes, over the whole frame: the head pose as steps around the current
+# reading (degrees; tx, ty in normalised image units; scale as a factor), coarse then fine, and the mouth from its
+# range (it moves the jaw, which the pose fit would otherwise absorb).
+_ANGLE_STEPS, _FINE_ANGLE_STEPS = np.arange(-12.0, 12.01, 1.5), np.arange(-1.5, 1.51, 0.5)
+_SHIFT_STEPS = np.arange(-0.08, 0.0801, 0.01)
+POSE_READINGS = (("yaw", _ANGLE_STEPS, True), ("pitch", _ANGLE_STEPS, True), ("roll", _ANGLE_STEPS, True),
+                 ("tx", _SHIFT_STEPS, True), ("ty", _SHIFT_STEPS, True), ("scale", np.arange(0.88, 1.121, 0.02), False),
+                 ("mouth_open", np.linspace(0.0, 1.0, 11), False),
+                 ("yaw", _ANGLE_STEPS / 4, True), ("pitch", _ANGLE_STEPS / 4, True), ("roll", _ANGLE_STEPS / 4, True),
+                 ("tx", _SHIFT_STEPS / 4, True), ("ty", _SHIFT_STEPS / 4, True),
+                 ("yaw", _FINE_ANGLE_STEPS, True), ("pitch", _FINE_ANGLE_STEPS, True))
+# Once the eyes are read: the pose again in small steps around its first reading.
+POSE_REFINEMENT = (("yaw", _FINE_ANGLE_STEPS, True), ("pitch", _FINE_ANGLE_STEPS, True),
+                   ("roll", _FINE_ANGLE_STEPS, True), ("tx", _SHIFT_STEPS / 4, True), ("ty", _SHIFT_STEPS / 4, True),
+                   ("mouth_open", np.linspace(0.0, 1.0, 11), False))
+
+
+def fit_by_synthesis(images: Dict[str, np.ndarray], identity, states, resolution: int, masks, readings,
+                     start: Dict[str, object]) -> Dict[str, Dict[str, np.ndarray]]:
+    """Fit fields of frames of a known synthetic identity by re-rendering them. For each image set of `images`
+    ({name: uint8 [T, S, S, 3]}), the fields of `readings` ((field, grid, relative) in order; relative grids are
+    steps around the current reading, others absolute values; "scale" steps multiply) are fitted one at a time: every
+    value of the grid is rendered with the rest of `states` (T frames) and the current readings, and the value whose
+    pixels inside `masks` ([T, S, S] 0/1, or None: the whole frame) are closest in squared error is the new reading.
+    `start` gives each fitted field's first reading (a number or [T]). Renders are shared between image sets where
+    their candidates agree. Returns {name: {field: [T]}}."""
+    from vasa_jax.data import synthetic
+
+    n = len(states)
+    mask = 1.0 if masks is None else masks.astype(np.float64)[..., None]
+    targets = {name: frames.astype(np.float64) for name, frames in images.items()}
+    found = {name: {field: np.broadcast_to(np.asarray(value, np.float64), (n,)).copy()
+                    for field, value in start.items()} for name in images}
+    for field, grid, relative in readings:
+        grid = np.asarray(grid, np.float64)
+        if relative:
+            step = (lambda current: current[None] * grid[:, None]) if field == "scale" else (
+                lambda current: current[None] + grid[:, None])
+            candidates = {name: step(found[name][field]) for name in images}
+        else:
+            candidates = {name: np.broadcast_to(grid[:, None], (len(grid), n)) for name in images}
+        errors = {name: np.zeros((len(grid), n)) for name in images}
+        for index in range(len(grid)):
+            renders = {}
+            for name, target in targets.items():
+                candidate = dict(found[name], **{field: candidates[name][index]})
+                key = np.stack(list(candidate.values())).tobytes()
+                if key not in renders:
+                    renders[key] = synthetic.render_frames(identity, states.replace(**candidate),
+                                                           resolution).astype(np.float64)
+                errors[name][index] = (((renders[key] - target) ** 2) * mask).sum(axis=(1, 2, 3))
+        for name in images:
+            # Neighbouring values can render the same pixels at 64 x 64 (and any gaze does behind closed lids): the
+            # reading is the mean of the tied best.
+            best = errors[name] <= errors[name].min(axis=0, keepdims=True) + 1e-6
+            found[name][field] = (candidates[name] * best).sum(0) / best.sum(0)
+    return found
+
 
 def eyes_by_synthesis(images: Dict[str, np.ndarray], identity, states, resolution: int,
                       eye_masks: np.ndarray) -> Dict[str, Dict[str, np.ndarray]]:
@@ -229,29 +288,35 @@ def eyes_by_synthesis(images: Dict[str, np.ndarray], identity, states, resolutio
     from run to run (r 0.6 to 0.8 on held-out identities; see NOTES.md); the renderer itself can, given the rest of
     the state, so this reads whether the driving frame's eyes reached the pixels of a re-enacted frame whose pose
     and mouth are the driving frame's."""
+    return fit_by_synthesis(images, identity, states, resolution, eye_masks,
+                            [(field, grid, False) for field, grid in EYE_READINGS], EYE_READING_START)
+
+
+def state_by_synthesis(frames: np.ndarray, identity, portrait_state, judged: Dict[str, np.ndarray],
+                       resolution: int) -> Dict[str, np.ndarray]:
+    """Read the whole state of frames of a known synthetic identity whose pose is unknown (a generated video), by
+    re-rendering: the head pose (yaw, pitch, roll from the judge's reading `judged`, the translation and scale from
+    the portrait's state) and the mouth are fitted over the whole frame (`POSE_READINGS`), then the eyes and the gaze
+    inside the eye region of the fitted state's render (`EYE_READINGS`). `frames` uint8 [T, S, S, 3];
+    `portrait_state` the portrait frame's state (its emotion and anything not fitted are kept). Returns {field: [T]}
+    for the pose fields, mouth_open, eye_open, gaze_theta and gaze_phi."""
     from vasa_jax.data import synthetic
 
-    n = len(states)
-    mask = eye_masks.astype(np.float64)[..., None]
-    targets = {name: frames.astype(np.float64) for name, frames in images.items()}
-    found = {name: {field: np.full(n, value) for field, value in EYE_READING_START.items()} for name in images}
-    for field, grid in EYE_READINGS:
-        errors = {name: np.zeros((len(grid), n)) for name in images}
-        for index, value in enumerate(grid):
-            renders = {}
-            for name, target in targets.items():
-                candidate = dict(found[name], **{field: np.full(n, value)})
-                key = np.stack(list(candidate.values())).tobytes()
-                if key not in renders:
-                    renders[key] = synthetic.render_frames(identity, states.replace(**candidate),
-                                                           resolution).astype(np.float64)
-                errors[name][index] = (((renders[key] - target) ** 2) * mask).sum(axis=(1, 2, 3))
-        for name in images:
-            # Neighbouring values can render the same pixels at 64 x 64 (and any gaze does behind closed lids): the
-            # reading is the mean of the tied best.
-            best = errors[name] <= errors[name].min(axis=0, keepdims=True) + 1e-6
-            found[name][field] = (grid[:, None] * best).sum(0) / best.sum(0)
-    return found
+    n = len(frames)
+    states = synthetic.FrameState(**{field: np.repeat(np.asarray(getattr(portrait_state, field))[None], n, axis=0)
+                                     for field in synthetic.FrameState.__dataclass_fields__})
+    start = {"yaw": judged["yaw"], "pitch": judged["pitch"], "roll": judged["roll"], "tx": states.tx,
+             "ty": states.ty, "scale": states.scale, "mouth_open": states.mouth_open}
+    readings = POSE_READINGS
+    for _ in range(2):  # the pose fitted with the eyes as they were read, then the eyes at that pose, twice
+        pose = fit_by_synthesis({"frames": frames}, identity, states, resolution, None, readings, start)["frames"]
+        states = states.replace(**pose)
+        _, labels = synthetic.render_frames(identity, states, resolution, return_labels=True)
+        eyes = eyes_by_synthesis({"frames": frames}, identity, states, resolution,
+                                 synthetic.face_regions(labels)[..., 1])["frames"]
+        states = states.replace(**eyes)
+        readings, start = POSE_REFINEMENT, pose
+    return dict(pose, **eyes)
 
 
 def stage1_reenactor(workdir: str, batch_size: int = 25):
@@ -378,7 +443,7 @@ def pose_only_probe(data, num_identities: int = 32) -> tuple:
 
 
 def lip_sync_from_pixels(pipeline, judge, clips, data, num_steps: int = 10, seed: int = 0,
-                         requested_gaze=(15.0, -8.0)) -> Dict:
+                         requested_gaze=(15.0, -8.0), gaze_frames: int = 0) -> Dict:
     """The whole system judged from pixels, on held-out clips: each clip's portrait frame (`portrait_index`) is
     animated with the clip's speech by `pipeline` (a `vasa_jax.generate.TalkingHeadPipeline`), and the judge reads
     the generated frames. Per clip and as the mean over clips:
@@ -392,7 +457,14 @@ def lip_sync_from_pixels(pipeline, judge, clips, data, num_steps: int = 10, seed
       pose_only_generated_r    the same probe on the judge's head pose of the generated video
       mouth_std_ratio          std of the judge's mouth opening, generated over true frames
       gaze_error_degrees       judge's gaze (median over frames) of a video generated with `requested_gaze` vs it,
-      gaze_error_degrees_gaze_nulled   and of the video generated without a gaze condition."""
+      gaze_error_degrees_gaze_nulled   and of the video generated without a gaze condition (the judge cannot read
+                               gaze at 64 x 64: see the re-rendered reading below).
+    With `gaze_frames` > 0, the gaze of that many evenly spaced frames per video is read by re-rendering
+    (`state_by_synthesis`: the head pose, mouth and eyes fitted, since a generated frame's state is unknown), and
+    the median over the frames whose eyes are read open is compared with the requested gaze:
+      rerendered_gaze_error_degrees, rerendered_gaze_error_degrees_gaze_nulled   as above;
+      rerendered_gaze_error_degrees_true   the same reading of the true frames against their own true median gaze
+                               (the reading's error: what a perfect video would score)."""
     from vasa_jax.data import synthetic
     from vasa_jax.sampling import Controls
 
@@ -405,10 +477,11 @@ def lip_sync_from_pixels(pipeline, judge, clips, data, num_steps: int = 10, seed
 
         def animate(**kwargs):
             motion = pipeline.sampler.sample(features, num_steps=num_steps, seed=seed + index, **kwargs)
-            return judge.read(pipeline.render(source, motion))
+            video = pipeline.render(source, motion)
+            return video, judge.read(video)
 
-        generated, nulled = animate(), animate(null_audio=True)
-        steered = animate(controls=Controls(gaze=np.asarray(requested_gaze, np.float32)))
+        (generated_video, generated), (_, nulled) = animate(), animate(null_audio=True)
+        steered_video, steered = animate(controls=Controls(gaze=np.asarray(requested_gaze, np.float32)))
         true_frames = judge.read(frames)
         mouth = np.asarray(clip.states.mouth_open, np.float64)
         gaze_of = lambda readings: np.median(np.stack([readings["gaze_theta"], readings["gaze_phi"]], -1), axis=0)
@@ -426,6 +499,10 @@ def lip_sync_from_pixels(pipeline, judge, clips, data, num_steps: int = 10, seed
             "gaze_error_degrees_gaze_nulled": float(
                 angular_error_degrees(gaze_of(generated)[None], [requested_gaze])[0]),
         })
+        if gaze_frames > 0:
+            rows[-1].update(_gaze_by_synthesis(
+                clip, {"steered": (steered_video, steered), "generated": (generated_video, generated),
+                       "true": (frames, true_frames)}, gaze_frames, requested_gaze, pipeline.resolution))
         generated_mouths.append(generated["mouth_open"])
         true_mouths.append(mouth)
     for index, row in enumerate(rows):  # the generated video against the next clip's speech
@@ -439,10 +516,31 @@ def lip_sync_from_pixels(pipeline, judge, clips, data, num_steps: int = 10, seed
     return result
 
 
+def _gaze_by_synthesis(clip, videos, num_frames: int, requested_gaze, resolution: int) -> Dict[str, float]:
+    """`lip_sync_from_pixels`'s re-rendered gaze errors of one clip: `videos` {"steered", "generated", "true":
+    (frames uint8 [T, S, S, 3], the judge's readings)}."""
+    picked = np.unique(np.linspace(0, len(clip.states) - 1, num_frames).round().astype(int))
+    portrait = clip.states[portrait_index(clip)]
+    main_gaze = {}
+    for name, (video, judged) in videos.items():
+        found = state_by_synthesis(video[picked], clip.identity, portrait,
+                                   {field: judged[field][picked] for field in ("yaw", "pitch", "roll")}, resolution)
+        seen = found["eye_open"] > 0.5  # closed lids hide the gaze
+        seen = seen if seen.any() else np.ones_like(seen)
+        main_gaze[name] = np.median(np.stack([found["gaze_theta"], found["gaze_phi"]], -1)[seen], axis=0)
+    true_gaze = np.median(np.stack([np.asarray(clip.states.gaze_theta), np.asarray(clip.states.gaze_phi)],
+                                   -1)[picked], axis=0)
+    error = lambda gaze, target: float(angular_error_degrees(gaze[None], np.asarray(target)[None])[0])
+    return {"rerendered_gaze_error_degrees": error(main_gaze["steered"], requested_gaze),
+            "rerendered_gaze_error_degrees_gaze_nulled": error(main_gaze["generated"], requested_gaze),
+            "rerendered_gaze_error_degrees_true": error(main_gaze["true"], true_gaze)}
+
+
 def from_pixels(stage1_dir: str, stage2_dir: str, judge, num_clips: int = 16, num_steps: int = 10,
-                seed: int = 0) -> Dict:
+                seed: int = 0, gaze_frames: int = 0) -> Dict:
     """Both pixel-judged evaluations of a stage-1 and a stage-2 workdir trained on synthetic data, on `num_clips`
-    held-out clips of the stage-1 config's synthetic dataset."""
+    held-out clips of the stage-1 config's synthetic dataset; `gaze_frames` frames per video read by re-rendering
+    for gaze control (`lip_sync_from_pixels`)."""
     from vasa_jax.data import synthetic
     from vasa_jax.generate import TalkingHeadPipeline
 
@@ -458,7 +556,8 @@ def from_pixels(stage1_dir: str, stage2_dir: str, judge, num_clips: int = 16, nu
     return {
         "expression_transfer": expression_transfer(reenact, judge, clips, data.resolution,
                                                    config.train.expression_change),
-        "lip_sync": lip_sync_from_pixels(pipeline, judge, clips, data, num_steps=num_steps, seed=seed),
+        "lip_sync": lip_sync_from_pixels(pipeline, judge, clips, data, num_steps=num_steps, seed=seed,
+                                         gaze_frames=gaze_frames),
     }
 
 
@@ -676,7 +775,8 @@ def main(argv):
         if not flags_.judge:
             raise app.UsageError("--stage1 (evaluation from pixels) needs --judge, a pixel judge's folder")
         judge = judge_lib.load_or_train(flags_.judge)
-        result = from_pixels(flags_.stage1, flags_.stage2, judge, flags_.max_clips, flags_.num_steps)
+        result = from_pixels(flags_.stage1, flags_.stage2, judge, flags_.max_clips, flags_.num_steps,
+                             gaze_frames=flags_.gaze_frames)
     else:
         stage2 = load_stage2(flags_.stage2)
         result = known_answer(MotionSampler.from_trained(stage2), stage2.config.data.root, flags_.num_steps,
@@ -692,6 +792,8 @@ if __name__ == "__main__":
     flags.DEFINE_string("judge", None, "pixel judge folder (python -m vasa_jax.judge); trained there if empty")
     flags.DEFINE_integer("num_steps", 50, "DDIM steps")
     flags.DEFINE_integer("max_clips", 16, "held-out clips to evaluate")
+    flags.DEFINE_integer("gaze_frames", 5, "pixels mode: frames per video whose gaze is read by re-rendering "
+                         "(state_by_synthesis, about a second each on a CPU core); 0 skips it")
     # videos mode: python -m vasa_jax.evaluate videos --generated=DIR|GLOB [--real=DIR|GLOB] --out=report.json
     flags.DEFINE_string("generated", None, "videos mode: a folder or glob of generated mp4s (with their audio)")
     flags.DEFINE_string("real", None, "videos mode: a folder or glob of real mp4s (the reference row)")
