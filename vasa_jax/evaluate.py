@@ -500,7 +500,7 @@ def lip_sync_from_pixels(pipeline, judge, clips, data, num_steps: int = 10, seed
                 angular_error_degrees(gaze_of(generated)[None], [requested_gaze])[0]),
         })
         if gaze_frames > 0:
-            rows[-1].update(_gaze_by_synthesis(
+            rows[-1].update(gaze_errors_by_synthesis(
                 clip, {"steered": (steered_video, steered), "generated": (generated_video, generated),
                        "true": (frames, true_frames)}, gaze_frames, requested_gaze, pipeline.resolution))
         generated_mouths.append(generated["mouth_open"])
@@ -516,9 +516,13 @@ def lip_sync_from_pixels(pipeline, judge, clips, data, num_steps: int = 10, seed
     return result
 
 
-def _gaze_by_synthesis(clip, videos, num_frames: int, requested_gaze, resolution: int) -> Dict[str, float]:
-    """`lip_sync_from_pixels`'s re-rendered gaze errors of one clip: `videos` {"steered", "generated", "true":
-    (frames uint8 [T, S, S, 3], the judge's readings)}."""
+def gaze_errors_by_synthesis(clip, videos, num_frames: int, requested_gaze, resolution: int) -> Dict[str, float]:
+    """The gaze-control errors of one synthetic clip's videos, read by re-rendering (`state_by_synthesis`) on
+    `num_frames` evenly spaced frames: `videos` {"steered", "generated", "true": (frames uint8 [T, S, S, 3], the
+    judge's readings, whose yaw, pitch and roll start the pose fit)}. The main gaze of a video is the median over
+    the frames read with open eyes; "steered" and "generated" are compared with `requested_gaze`, "true" with the
+    clip's own median gaze on those frames. Returns the `rerendered_gaze_error_degrees...` figures of
+    `lip_sync_from_pixels`."""
     picked = np.unique(np.linspace(0, len(clip.states) - 1, num_frames).round().astype(int))
     portrait = clip.states[portrait_index(clip)]
     main_gaze = {}
