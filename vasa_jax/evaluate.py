@@ -217,9 +217,9 @@ EYE_READINGS = (("eye_open", np.linspace(0.0, 1.0, 11)), ("gaze_theta", _GAZE_TH
                 ("gaze_phi", np.arange(-20.0, 20.01, 2.5)), ("gaze_theta", _GAZE_THETA_GRID))
 EYE_READING_START = {"eye_open": 1.0, "gaze_theta": 0.0, "gaze_phi": 0.0}
 
-# What `state_by_synthesis` fits before the eyes, over the whole frame: the head pose as steps around the current
-# reading (degrees; tx, ty in normalised image units; scale as a factor), coarse then fine, and the mouth from its
-# range (it moves the jaw, which the pose fit would otherwise absorb).
+# What `state_by_synthesis` fits before the eyes, over the whole frame: the head angles and translation as steps
+# around the current reading (degrees; normalised image units), coarse then fine, the scale and the mouth from their
+# ranges (the mouth moves the jaw, which the pose fit would otherwise absorb).
 _ANGLE_STEPS, _FINE_ANGLE_STEPS = np.arange(-12.0, 12.01, 1.5), np.arange(-1.5, 1.51, 0.5)
 _SHIFT_STEPS = np.arange(-0.08, 0.0801, 0.01)
 POSE_READINGS = (("yaw", _ANGLE_STEPS, True), ("pitch", _ANGLE_STEPS, True), ("roll", _ANGLE_STEPS, True),
@@ -238,7 +238,7 @@ def fit_by_synthesis(images: Dict[str, np.ndarray], identity, states, resolution
                      start: Dict[str, object]) -> Dict[str, Dict[str, np.ndarray]]:
     """Fit fields of frames of a known synthetic identity by re-rendering them. For each image set of `images`
     ({name: uint8 [T, S, S, 3]}), the fields of `readings` ((field, grid, relative) in order; relative grids are
-    steps around the current reading, others absolute values; "scale" steps multiply) are fitted one at a time: every
+    steps added to the current reading, others absolute values) are fitted one at a time: every
     value of the grid is rendered with the rest of `states` (T frames) and the current readings, and the value whose
     pixels inside `masks` ([T, S, S] 0/1, or None: the whole frame) are closest in squared error is the new reading.
     `start` gives each fitted field's first reading (a number or [T]). Renders are shared between image sets where
@@ -253,9 +253,7 @@ def fit_by_synthesis(images: Dict[str, np.ndarray], identity, states, resolution
     for field, grid, relative in readings:
         grid = np.asarray(grid, np.float64)
         if relative:
-            step = (lambda current: current[None] * grid[:, None]) if field == "scale" else (
-                lambda current: current[None] + grid[:, None])
-            candidates = {name: step(found[name][field]) for name in images}
+            candidates = {name: found[name][field][None] + grid[:, None] for name in images}
         else:
             candidates = {name: np.broadcast_to(grid[:, None], (len(grid), n)) for name in images}
         errors = {name: np.zeros((len(grid), n)) for name in images}
