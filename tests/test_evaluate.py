@@ -81,8 +81,8 @@ def test_eyes_by_synthesis_reads_eye_openness_and_gaze_of_rendered_frames():
 
 
 def test_state_by_synthesis_reads_the_pose_and_the_gaze_of_frames_of_unknown_state():
-    """Frames of a held-out clip read without their state: from a head pose 4 degrees and 0.02 image units off (as
-    the judge would start it) and the portrait's mouth and eyes, the fit recovers the pose, and frames rendered
+    """Frames of a held-out clip read without their state: from head angles 2-4 degrees off (as the judge would
+    start them) and the portrait's translation, scale, mouth and eyes, the fit recovers the pose, and frames rendered
     with the gaze turned 15 degrees to the right are read about 15 degrees further right. 37 s on a 2-core CPU."""
     from vasa_jax.data import synthetic
 
@@ -128,7 +128,7 @@ def test_gaze_errors_by_synthesis_tell_a_video_that_looks_where_asked():
         np.median(np.stack([states.gaze_theta, states.gaze_phi], -1)[::33], axis=0)[None], [requested])[0]
     assert own_distance > 10.0  # the clip's own gaze is far from the request
     # 4 frames read on 2.5-degree grids from a pose 2 degrees off: a few degrees of reading error (measured: 5.0
-    # steered, 1.9 true; the clip's own gaze 25.8 from the request).
+    # steered, 1.9 true; the clip as it is read 25.8 from the request).
     assert errors["rerendered_gaze_error_degrees"] < 7.0, errors
     assert errors["rerendered_gaze_error_degrees_gaze_nulled"] > own_distance - 5.0, errors
     assert errors["rerendered_gaze_error_degrees_true"] < 7.0, errors

@@ -213,8 +213,8 @@ def region_psnr(prediction: np.ndarray, target: np.ndarray, mask: np.ndarray) ->
 # at a time, the others at their current reading), and where each starts (open eyes looking ahead). Theta is fitted
 # again once phi is known.
 _GAZE_THETA_GRID = np.arange(-30.0, 30.01, 2.5)
-EYE_READINGS = (("eye_open", np.linspace(0.0, 1.0, 11)), ("gaze_theta", _GAZE_THETA_GRID),
-                ("gaze_phi", np.arange(-20.0, 20.01, 2.5)), ("gaze_theta", _GAZE_THETA_GRID))
+EYE_READINGS = (("eye_open", np.linspace(0.0, 1.0, 11), False), ("gaze_theta", _GAZE_THETA_GRID, False),
+                ("gaze_phi", np.arange(-20.0, 20.01, 2.5), False), ("gaze_theta", _GAZE_THETA_GRID, False))
 EYE_READING_START = {"eye_open": 1.0, "gaze_theta": 0.0, "gaze_phi": 0.0}
 
 # What `state_by_synthesis` fits before the eyes, over the whole frame: the head angles and translation as steps
@@ -286,8 +286,7 @@ def eyes_by_synthesis(images: Dict[str, np.ndarray], identity, states, resolutio
     from run to run (r 0.6 to 0.8 on held-out identities; see NOTES.md); the renderer itself can, given the rest of
     the state, so this reads whether the driving frame's eyes reached the pixels of a re-enacted frame whose pose
     and mouth are the driving frame's."""
-    return fit_by_synthesis(images, identity, states, resolution, eye_masks,
-                            [(field, grid, False) for field, grid in EYE_READINGS], EYE_READING_START)
+    return fit_by_synthesis(images, identity, states, resolution, eye_masks, EYE_READINGS, EYE_READING_START)
 
 
 def state_by_synthesis(frames: np.ndarray, identity, portrait_state, judged: Dict[str, np.ndarray],
