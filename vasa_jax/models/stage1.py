@@ -558,6 +558,12 @@ class FaceLatentModel(nn.Module):
         loss's scaled units)."""
         return self.expression_readout(split_dynamics(z_dyn, self.cfg.num_keypoints)[1])
 
+    def read_image_expression(self, image):
+        """image -> the readout of EXPRESSION_LABELS from its dynamics [B, 4]: what the encoder sees of an image's
+        mouth, eyes and gaze (training reads rendered frames with it)."""
+        self._check_image(image)
+        return self.read_expression(self.dynamics(image))
+
     def decode(self, volume, z_id, pose_source, dyn_source, pose_driving, dyn_driving, source_image=None):
         """Render the source (V_app, z_id, posed by pose_source/dyn_source) with the driving pose and dynamics.
         `source_image` (the image V_app was encoded from) is required when the config's `gen_image_skip` is on

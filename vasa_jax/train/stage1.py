@@ -275,6 +275,13 @@ class Stage1Task:
             readout = apply(FaceLatentModel.read_expression, labelled_dyn)
             terms["expression_labels"] = losses.expression_label_loss(
                 readout, expression_labels(batch, labelled), cfg.expression_label_scales)
+        if cfg.get("rendered_expression", 0.0) > 0:
+            # The encoder, its weights held, reads the rendered driving frame: the gradient asks the render to show
+            # the driving frame's expression, not the reader to find it there.
+            held = jax.lax.stop_gradient(gen_params)
+            read = self._network(model, {"params": held}, reconstruction, method=FaceLatentModel.read_image_expression)
+            terms["rendered_expression"] = losses.expression_label_loss(
+                read, expression_labels(batch, ("driving",)), cfg.expression_label_scales)
         if cfg.deformation_prior > 0:
             deformation, _ = split_dynamics(labelled_dyn, self.model_cfg.num_keypoints)
             terms["deformation_prior"] = losses.deformation_prior_loss(deformation)
