@@ -120,9 +120,11 @@ def get_config(variant: str = ""):
         # encoder's GroupNorm at 8 groups, it reached 0.6.
         expression_labels=10.0,
         expression_label_scales=(1.0, 2.0, 0.05, 0.05),
-        # The same readout applied to the rendered driving frame (the encoder's weights held): the render must show
-        # the driving frame's mouth opening, eye openness and gaze well enough for the encoder to read them back.
-        # Gaze moves the iris about 1 pixel at 64x64, which no image-wide loss sees (Stage1Task._generator_losses).
+        # The same readout applied to a render of the driving frame (the encoder's weights, the render's keypoints
+        # and head poses held): the render must show the driving frame's mouth opening, eye openness and gaze well
+        # enough for the encoder to read them back. Gaze moves the iris about 1 pixel at 64x64, which no image-wide
+        # loss sees (Stage1Task._generator_losses). Off: at 10 on the tiny model it brought blinks and some gaze to
+        # the pixels and blurred the face (NOTES.md, eleventh sitting).
         rendered_expression=0.0,
         keypoint_min_distance=0.1,
         keypoint_mean_depth=0.33,
