@@ -62,6 +62,7 @@ def base_model():
         gen_num_res_blocks=6,
         gen_image_skip=False,
         gen_source_edit=False,  # with the image-skip path only (Stage1ModelConfig)
+        image_motion_expression=False,  # with the image-skip path only: a residual flow the readouts steer
         expression_channels=256,
         expression_map_channels=16,
         refine_base_channels=32,
@@ -126,6 +127,10 @@ def get_config(variant: str = ""):
         # loss sees (Stage1Task._generator_losses). Off: at 10 on the tiny model it brought blinks and some gaze to
         # the pixels and blurred the face (NOTES.md, eleventh sitting).
         rendered_expression=0.0,
+        # Image-skip models: 1 - Dice of the source frame's iris map, warped by the render's grid of the source
+        # image, against the driving frame's (the render's keypoints and head poses held): the warp carries the
+        # irises where the gaze puts them, about a pixel at 64x64 (losses.iris_warp_loss).
+        iris_warp=0.0,
         keypoint_min_distance=0.1,
         keypoint_mean_depth=0.33,
         tps_sigma_affine=0.05,

@@ -175,3 +175,28 @@ def test_layout_loss_rewards_overlap_with_the_small_maps():
     assert float(losses.layout_loss(exact, target)) < float(losses.layout_loss(shifted, target))
     grads = jax.grad(lambda lg: losses.layout_loss(lg, target))(empty)
     assert float(grads[0, 6, 6, 0]) < 0  # pushes the missed mouth pixel up
+
+
+def test_iris_warp_loss_is_lowest_for_the_warp_that_carries_the_iris_onto_the_driving_one():
+    """A disc of radius 2 px (an iris at 64x64) at column 30 in the source and 32 in the driving frame: over
+    horizontal translations of the sampling grid the loss is lowest at the one that carries the source's disc onto
+    the driving frame's (sampling 2 px to the left), 0 where the maps coincide, and it still falls towards that
+    translation from 4 px away (the blur's reach). Items without an iris in either frame are left out."""
+    size = 64
+    rows, cols = np.mgrid[:size, :size]
+    disc = lambda column: ((rows - 30) ** 2 + (cols - column) ** 2 <= 4).astype(np.float32)
+    source, driving, empty = disc(30), disc(32), np.zeros((size, size), np.float32)
+    identity = ops.make_coordinate_grid_2d(size, size, jnp.float32)
+    pixel = 2.0 / (size - 1)  # one pixel in align_corners=True coordinates
+
+    def loss(shift_pixels, sources, drivings):
+        grid = identity.at[..., 0].add(-shift_pixels * pixel)[None].repeat(len(sources), axis=0)
+        return float(losses.iris_warp_loss(grid, jnp.asarray(np.stack(sources)), jnp.asarray(np.stack(drivings))))
+
+    values = {shift: loss(shift, [source], [driving]) for shift in range(-3, 7)}
+    assert min(values, key=values.get) == 2, values
+    assert values[2] < 1e-6 and values[0] > 0.1
+    assert values[-2] > values[-1] > values[0] > values[1] > values[2] < values[3] < values[4] < values[5], values
+    # The items with an empty map in either frame do not count.
+    assert loss(0.0, [source, empty, source], [driving, driving, empty]) == pytest.approx(values[0], rel=1e-6)
+    assert loss(0.0, [empty], [driving]) == 0.0

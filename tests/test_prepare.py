@@ -215,6 +215,7 @@ def test_horizontal_flip_mirrors_the_labels():
                 source_gaze=np.array([7.0, 2.0], np.float32), driving_gaze=np.array([-4.0, 1.0], np.float32),
                 driving_regions=rng.integers(0, 2, (8, 8, 2), dtype=np.uint8),
                 driving_layout=rng.integers(0, 2, (8, 8, 3), dtype=np.uint8),
+                source_layout=rng.integers(0, 2, (8, 8, 3), dtype=np.uint8),
                 extra_frames=rng.integers(0, 255, (3, 8, 8, 3), dtype=np.uint8), extra_pose=np.stack([pose] * 3),
                 extra_gaze=np.array([[5.0, -1.0]] * 3, np.float32))
 
@@ -229,6 +230,7 @@ def test_horizontal_flip_mirrors_the_labels():
     np.testing.assert_allclose(out["driving_gaze"], [4.0, 1.0])
     np.testing.assert_array_equal(out["driving_regions"], item["driving_regions"][:, ::-1])
     np.testing.assert_array_equal(out["driving_layout"], item["driving_layout"][:, ::-1])
+    np.testing.assert_array_equal(out["source_layout"], item["source_layout"][:, ::-1])
     np.testing.assert_array_equal(out["extra_frames"], item["extra_frames"][:, :, ::-1])
     np.testing.assert_allclose(out["extra_pose"][2], [-10.0, 5.0, 3.0, -0.1, -0.2, 0.05])
     np.testing.assert_allclose(out["extra_gaze"][0], [-5.0, -1.0])

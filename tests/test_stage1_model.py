@@ -254,10 +254,42 @@ def test_image_skip_path_reproduces_the_source_when_nothing_moves():
     with pytest.raises(ValueError, match="needs source_image"):
         model.apply(params, volume, z_id, pose, dyn, pose, dyn, method=FaceLatentModel.decode)
 
-    kp = keypoints_from_latents(z_id, pose, dyn)
-    grid = model.apply(params, images, kp, kp, pose, pose, method=lambda m, *a: m.image_motion(*a))
+    grid = model.apply(params, images, z_id, pose, dyn, pose, dyn, method=FaceLatentModel.source_image_grid)
     warped = ops.grid_sample_2d(images, grid, align_corners=True, padding_mode="border")
     np.testing.assert_allclose(np.asarray(warped), np.asarray(images), atol=1e-4)
+
+
+def test_the_readouts_steer_the_image_motion_only_with_image_motion_expression():
+    """With `image_motion_expression` the 2D motion network sees the expression readouts and adds a bounded residual
+    flow: its grid then moves with z_dyn's expression code (which moves no keypoint), where without it the grid does
+    not depend on the code at all. The residual starts at zero, so unchanged motion still warps the source onto
+    itself; with its bias set to (b, 0) the whole grid moves by RESIDUAL_FLOW_LIMIT * tanh(b) in x."""
+    from vasa_jax.models.stage1 import RESIDUAL_FLOW_LIMIT
+
+    images = jax.random.uniform(jax.random.key(12), (2, 32, 32, 3))
+    moved = {}
+    for steered in (False, True):
+        cfg = Stage1ModelConfig(**{**SMALL, "gen_image_skip": True, "image_motion_num_levels": 2,
+                                   "image_motion_expression": steered})
+        model = FaceLatentModel(cfg)
+        params = nn.unbox(model.init(jax.random.key(13), images, images))
+        volume, z_id, pose, dyn = model.apply(params, images, method=FaceLatentModel.encode)
+        grid_of = lambda p, dyn_d: model.apply(p, images, z_id, pose, dyn, pose, dyn_d,
+                                               method=FaceLatentModel.source_image_grid)
+        # Driving keypoints off the source's (so the mask over the keypoint flows matters), then the code changed.
+        deformed = dyn.at[:, : 3 * cfg.num_keypoints].add(
+            0.05 * jax.random.normal(jax.random.key(14), (2, 3 * cfg.num_keypoints)))
+        code_changed = deformed.at[:, 3 * cfg.num_keypoints:].add(1.0)
+        moved[steered] = float(jnp.abs(grid_of(params, code_changed) - grid_of(params, deformed)).max())
+        if steered:
+            warped = ops.grid_sample_2d(images, grid_of(params, dyn), align_corners=True, padding_mode="border")
+            np.testing.assert_allclose(np.asarray(warped), np.asarray(images), atol=1e-4)
+            shifted = jax.tree.map(lambda x: x, params)
+            shifted["params"]["image_motion"]["residual_flow"]["bias"] = jnp.array([0.5, 0.0])
+            shift = grid_of(shifted, dyn) - grid_of(params, dyn)
+            np.testing.assert_allclose(np.asarray(shift[..., 0]), RESIDUAL_FLOW_LIMIT * np.tanh(0.5), atol=1e-5)
+            np.testing.assert_allclose(np.asarray(shift[..., 1]), 0.0, atol=1e-5)
+    assert moved[False] == 0.0 and moved[True] > 1e-4, moved
 
 
 def test_the_source_edit_paints_over_the_warped_source():

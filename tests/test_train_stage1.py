@@ -35,11 +35,12 @@ def override_flags(config_overrides):
 
 
 def test_losses_of_the_image_skip_path_need_that_path():
-    """generated_l1 and blend_choice read the image-skip path's intermediates: without the path, a clear error."""
-    for name in ("generated_l1", "blend_choice"):
+    """generated_l1, blend_choice and iris_warp read the image-skip path's outputs: without the path, a clear
+    error."""
+    for name in ("generated_l1", "blend_choice", "iris_warp"):
         config = small_config()
         config.model.gen_image_skip = False
-        config.losses.update(generated_l1=0.0, blend_choice=0.0)
+        config.losses.update(generated_l1=0.0, blend_choice=0.0, iris_warp=0.0)
         config.losses[name] = 1.0
         with pytest.raises(ValueError, match=f"losses.{name} needs a model with the image-space skip path"):
             loop.make_task(config)
@@ -139,6 +140,54 @@ def test_rendered_expression_trains_the_render_not_its_reader_nor_the_pose():
     assert tree_norm(term["keypoints"]) == 0 and tree_norm(term["head_pose"]) == 0
     assert difference(term, reader_held) <= 1e-4 * tree_norm(term), difference(term, reader_held)
     assert difference(reader_too, reader_held) > 0.1 * tree_norm(term)
+
+
+def test_iris_warp_moves_the_source_irises_with_the_dynamics_not_the_pose():
+    """losses.iris_warp: the source frame's iris map, warped by the render's grid of the source image, against the
+    driving frame's. Its value is that of the loss on the model's own grid; its gradient reaches the 2D motion
+    network (with its residual flow) and the dynamics encoder, and none of it the keypoint and head-pose encoders
+    (held); and Adam steps on it alone (at the tiny config's rate) lower it: the warp learns to carry the irises."""
+    import optax
+
+    from vasa_jax.losses import stage1 as stage1_losses
+    from vasa_jax.models.stage1 import FaceLatentModel as Model
+    from vasa_jax.train.stage1 import to_float_images
+
+    config = small_config()
+    config.losses.update({name: 0.0 for name, value in config.losses.items()
+                          if isinstance(value, float) and value > 0})
+    config.losses.iris_warp = 1.0
+    config.model.image_motion_expression = True
+    task = loop.make_task(config)
+    batch = next(task.train_iterator(0, 1))
+    source_iris, driving_iris = batch["source_layout"][..., 2], batch["driving_layout"][..., 2]
+    assert ((source_iris.sum(axis=(1, 2)) > 0) & (driving_iris.sum(axis=(1, 2)) > 0)).sum() >= 4
+    params = jax.jit(lambda r: nn.unbox(task.init_boxed(r)))(jax.random.key(0))["params"]["generator"]
+    images = to_float_images(batch)
+
+    def direct(p):
+        apply = lambda method, *args: task.model.apply({"params": p}, *args, method=method)
+        volume, z_id, pose_s, dyn_s = apply(Model.encode, images["source"])
+        pose_d, dyn_d = apply(Model.encode_motion, images["driving"])
+        grid = apply(Model.source_image_grid, images["source"], z_id, pose_s, dyn_s, pose_d, dyn_d)
+        return stage1_losses.iris_warp_loss(grid, source_iris, driving_iris)
+
+    term = lambda p: task._generator_losses(p, {}, {}, {}, images, batch, jax.random.key(1))[1][0]["iris_warp"]
+    value_and_grad = jax.jit(jax.value_and_grad(term))
+    value, grad = value_and_grad(params)
+    np.testing.assert_allclose(float(value), float(jax.jit(direct)(params)), rtol=1e-5)
+    assert tree_norm(grad["image_motion"]) > 0 and tree_norm(grad["dynamics"]) > 0
+    assert tree_norm(grad["image_motion"]["residual_flow"]) > 0
+    assert tree_norm(grad["keypoints"]) == 0 and tree_norm(grad["head_pose"]) == 0
+
+    optimizer = optax.adam(1e-3)  # the tiny config's learning rate
+    opt_state = optimizer.init(params)
+    first = float(value)
+    for _ in range(20):
+        value, grad = value_and_grad(params)
+        updates, opt_state = optimizer.update(grad, opt_state)
+        params = optax.apply_updates(params, updates)
+    assert float(value) < 0.6 * first, (first, float(value))
 
 
 def test_sharded_step_equals_single_device_step():

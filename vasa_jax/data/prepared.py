@@ -240,7 +240,7 @@ class PreparedStage1Source:
     """grain RandomAccessDataSource of (source, driving, cross) frames from the prepared dataset, with the same keys
     and units as `vasa_jax.data.synthetic.SyntheticStage1Source` (gaze in degrees; eye_open and mouth_open are
     the landmark ratios of `vasa_jax.data.face`, not the renderer's [0, 1] controls; the driving frame's mouth
-    and eye regions and its layout come from its landmarks; `extra_frames` more frames of the record with their labels).
+    and eye regions and the layouts of both frames come from their landmarks; `extra_frames` more frames of the record with their labels).
 
     Item i belongs to record i // pairs_per_record; source and driving are random frames of that record where
     the face was found; cross is such a frame of a record of another identity (of the same split)."""
@@ -280,7 +280,8 @@ class PreparedStage1Source:
         source, driving = self._frames(rng, record, 2)
         (cross,) = self._frames(rng, cross_record, 1)
         image = lambda r, i: resize_frame(decode_frame(r, int(i)), self.resolution)
-        stored_driving = decode_frame(record, int(driving))  # landmarks are in the pixels of the stored crop
+        # Landmarks are in the pixels of the stored crops.
+        stored_source, stored_driving = decode_frame(record, int(source)), decode_frame(record, int(driving))
         f32 = np.float32
         extra = {}
         if self.extra_frames:
@@ -300,7 +301,7 @@ class PreparedStage1Source:
                 "extra_mouth_open": record["mouth_open"][frames].astype(f32),
             }
         return extra | {
-            "source": image(record, source),
+            "source": resize_frame(stored_source, self.resolution),
             "driving": resize_frame(stored_driving, self.resolution),
             "cross": image(cross_record, cross),
             "source_pose": record["pose"][source].astype(f32),
@@ -316,6 +317,8 @@ class PreparedStage1Source:
                                                       stored_driving.shape[0]),
             "driving_layout": regions.layout_from_landmarks(record["landmarks"][driving], self.resolution,
                                                             stored_driving.shape[0]),
+            "source_layout": regions.layout_from_landmarks(record["landmarks"][source], self.resolution,
+                                                           stored_source.shape[0]),
             "identity": np.int32(record["identity_index"]),
             "cross_identity": np.int32(cross_record["identity_index"]),
         }
@@ -349,7 +352,7 @@ def augment_stage1(item: Dict[str, np.ndarray], rng: np.random.Generator, flip: 
     source and driving is never changed."""
     item = dict(item)
     if flip and rng.random() < 0.5:
-        for name in ("driving_regions", "driving_layout"):
+        for name in ("driving_regions", "driving_layout", "source_layout"):
             item[name] = np.ascontiguousarray(item[name][:, ::-1])
         for name in ("source", "driving"):
             item[name] = np.ascontiguousarray(item[name][:, ::-1])

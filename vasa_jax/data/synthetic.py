@@ -1088,8 +1088,8 @@ class SyntheticStage1Source:
     the split); source and driving are uniform random frames of that clip, cross is a random
     frame of a random clip of another identity of the same split. Only those three frames are
     rendered. Poses are ``[yaw, pitch, roll, tx, ty, log(scale)]``, gaze ``[theta, phi]``; ``driving_regions`` are
-    the driving frame's mouth and eye masks [H, W, 2] (``face_regions``), ``driving_layout`` its layout
-    [H, W, 3] (``face_layout``). With ``extra_frames`` > 0 an item also
+    the driving frame's mouth and eye masks [H, W, 2] (``face_regions``), ``driving_layout`` and ``source_layout`` the
+    two frames' layouts [H, W, 3] (``face_layout``). With ``extra_frames`` > 0 an item also
     holds that many more frames of the clip with their labels (``extra_frames`` [N, H, W, 3], ``extra_pose``,
     ``extra_gaze``, ``extra_eye_open``, ``extra_mouth_open``), which only the label losses see.
     """
@@ -1175,6 +1175,7 @@ class SyntheticStage1Source:
             "driving_mouth_open": f32(two.mouth_open[1]),
             "driving_regions": face_regions(labels[1]),
             "driving_layout": face_layout(labels[1]),
+            "source_layout": face_layout(labels[0]),
             "identity": np.int32(identity_id),
             "cross_identity": np.int32(cross_id),
         }

@@ -47,6 +47,9 @@ EXPRESSION_LABELS = ("mouth_open", "eye_open", "gaze_theta", "gaze_phi")
 # The face layout the generator predicts of the driving frame and renders from (vasa_jax.data.regions.LAYOUT_NAMES):
 # the mouth's interior, the eyes' opening, the irises.
 NUM_LAYOUT_MAPS = 3
+# The largest residual flow of the 2D motion network (`image_motion_expression`), in the grid's [-1, 1] units: 0.1 is
+# 3 px at 64x64, 26 px at 512, about three times what a 30-degree gaze moves an iris.
+RESIDUAL_FLOW_LIMIT = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +122,12 @@ class Stage1ModelConfig:
     # opening a mouth is then a local edit of a sharp image; without it the blend can only hand the whole face
     # interior to the generator's own image, which the volume path draws as a blur (seen at every blink frame).
     gen_source_edit: bool = False
+    # With the image-space skip path: the 2D motion network also sees the expression readouts (driving, and their
+    # change from the source) and adds a residual flow to its keypoint flows (zero at initialisation). A 30-degree
+    # gaze moves the iris about a pixel at 64x64 while the lids stay: no keypoint's first-order flow isolates
+    # that, and the generator's own image drew it as a smear that reads as no gaze at all (NOTES.md, eleventh
+    # sitting). losses.iris_warp supervises where the flow carries the source's irises.
+    image_motion_expression: bool = False
 
     @property
     def volume_size(self) -> int:
@@ -359,13 +368,14 @@ def upsample_grid(grid, size):
 class ImageMotionEstimator(nn.Module):
     """The 2D motion network of the image-space skip path (first-order-motion-model style): the downscaled source
     image warped by each image-plane keypoint flow, with 2D Gaussian heatmap differences, goes through a 2D
-    hourglass that predicts softmax masks composing the flows. Returns the source image's sampling grid
-    [B, S, S, 2] at the full image resolution."""
+    hourglass that predicts softmax masks composing the flows (and, with `image_motion_expression`, a residual flow
+    steered by the expression `readouts` [B, 2L]). Returns the source image's sampling grid [B, S, S, 2] at the full
+    image resolution."""
 
     cfg: Stage1ModelConfig
 
     @nn.compact
-    def __call__(self, source_image, kp_source, kp_driving, pose_source, pose_driving):
+    def __call__(self, source_image, kp_source, kp_driving, pose_source, pose_driving, readouts):
         cfg = self.cfg
         b, k = kp_source.shape[:2]
         size = max(4, int(round(cfg.image_size * cfg.image_motion_scale)))
@@ -377,30 +387,39 @@ class ImageMotionEstimator(nn.Module):
         gaussian = lambda kp: ops.keypoints_to_gaussian_2d(kp, size, cfg.mfe_keypoint_variance)
         heat = gaussian(kp_driving) - gaussian(kp_source)  # [B, s, s, K]
         heat = jnp.concatenate([jnp.zeros((b, size, size, 1)), heat], axis=-1)
+        inputs = [warped, heat]
+        if cfg.image_motion_expression:
+            inputs.append(jnp.broadcast_to(readouts[:, None, None], (b, size, size, readouts.shape[-1])))
 
         features = Hourglass(
             ndim=2,
             base_channels=cfg.image_motion_base_channels,
             max_channels=cfg.image_motion_max_channels,
             num_levels=cfg.image_motion_num_levels,
-        )(jnp.concatenate([warped, heat], axis=-1))
+        )(jnp.concatenate([x.astype(warped.dtype) for x in inputs], axis=-1))
         mask = jax.nn.softmax(Conv(k + 1, 7, 2, name="mask")(features).astype(jnp.float32), axis=-1)
         grid = jnp.einsum("bxyk,bkxyi->bxyi", mask, flows)
+        if cfg.image_motion_expression:
+            # Bounded, and by a 3x3 kernel: the first Adam steps of a zero-initialised 7x7 one moved the whole flow
+            # by tens of pixels and carried the irises out of the eyes (1e-3, the tiny config's learning rate).
+            residual = Conv(2, 3, 2, name="residual_flow", zero_init=True)(features).astype(jnp.float32)
+            grid = grid + RESIDUAL_FLOW_LIMIT * jnp.tanh(residual)
         return upsample_grid(grid, cfg.image_size)
 
 
 class ExpressionEncoder(nn.Module):
-    """Driving dynamics and their change from the source's, z_dyn [B, 3K + E] each, with the expression readouts of
-    both [B, L] (`FaceLatentModel.read_expression`) -> the generator's modulation code [B, C] and per-keypoint
-    expression features [B, K, F] (placed at the keypoints by `expression_map`)."""
+    """Driving dynamics and their change from the source's, z_dyn [B, 3K + E] each, with the driving frame's
+    expression readouts and their change from the source's [B, 2L] (`FaceLatentModel.read_expression`) -> the
+    generator's modulation code [B, C] and per-keypoint expression features [B, K, F] (placed at the keypoints by
+    `expression_map`)."""
 
     cfg: Stage1ModelConfig
 
     @nn.compact
-    def __call__(self, dyn_source, dyn_driving, read_source, read_driving):
+    def __call__(self, dyn_source, dyn_driving, readouts):
         cfg = self.cfg
         b, k = dyn_driving.shape[0], cfg.num_keypoints
-        x = jnp.concatenate([dyn_driving, dyn_driving - dyn_source, read_driving, read_driving - read_source], -1)
+        x = jnp.concatenate([dyn_driving, dyn_driving - dyn_source, readouts], -1)
         x = nn.relu(Dense(cfg.expression_channels)(x))
         code = nn.relu(Dense(cfg.expression_channels)(x))
         per_keypoint = Dense(k * cfg.expression_map_channels, name="per_keypoint")(code)
@@ -571,21 +590,37 @@ class FaceLatentModel(nn.Module):
         kp_source = keypoints_from_latents(z_id, pose_source, dyn_source)
         kp_driving = keypoints_from_latents(z_id, pose_driving, dyn_driving)
         flow, occlusion, _ = self.motion(volume, kp_source, kp_driving, pose_source, pose_driving)
-        # The readouts of z_dyn (mouth opening, eye openness, gaze: supervised by the data's labels) enter the
-        # generator beside z_dyn itself; they are a function of z_dyn, so stage 2 still only generates z_dyn.
-        read_source, read_driving = self.read_expression(dyn_source), self.read_expression(dyn_driving)
-        code, per_keypoint = self.expression(dyn_source, dyn_driving, read_source, read_driving)
+        readouts = self._readouts(dyn_source, dyn_driving)
+        code, per_keypoint = self.expression(dyn_source, dyn_driving, readouts)
         local = expression_map(per_keypoint, kp_driving, volume.shape[2], self.cfg.mfe_keypoint_variance)
         local_full = expression_map(per_keypoint, kp_driving, self.cfg.image_size, self.cfg.mfe_keypoint_variance)
-        readouts = jnp.concatenate([read_driving, read_driving - read_source], axis=-1)
         expression = (code, local, local_full, readouts)
         if not self.cfg.gen_image_skip:
             return self.generator(volume, flow, occlusion, expression)
+        image_grid = self.source_image_grid(source_image, z_id, pose_source, dyn_source, pose_driving, dyn_driving)
+        return self.generator(volume, flow, occlusion, expression, image_grid, source_image)
+
+    def source_image_grid(self, source_image, z_id, pose_source, dyn_source, pose_driving, dyn_driving):
+        """The image-space skip path's sampling grid of the source image [B, S, S, 2] (align_corners=True) for the
+        driving pose and dynamics: where each pixel of the render takes the warped source from (training warps
+        the source frame's layout maps with it)."""
+        if not self.cfg.gen_image_skip:
+            raise ValueError("this model has no image-space skip path (gen_image_skip): no source image grid")
         if source_image is None:
             raise ValueError("this model has the image-space skip path (gen_image_skip): decode needs source_image")
         self._check_image(source_image)
-        image_grid = self.image_motion(source_image, kp_source, kp_driving, pose_source, pose_driving)
-        return self.generator(volume, flow, occlusion, expression, image_grid, source_image)
+        kp_source = keypoints_from_latents(z_id, pose_source, dyn_source)
+        kp_driving = keypoints_from_latents(z_id, pose_driving, dyn_driving)
+        return self.image_motion(source_image, kp_source, kp_driving, pose_source, pose_driving,
+                                 self._readouts(dyn_source, dyn_driving))
+
+    def _readouts(self, dyn_source, dyn_driving):
+        """The readouts of z_dyn (mouth opening, eye openness, gaze: supervised by the data's labels) of the driving
+        frame and their change from the source's [B, 2L]: what the generator (and, with image_motion_expression,
+        the 2D motion network) sees beside z_dyn itself. They are a function of z_dyn, so stage 2 still only
+        generates z_dyn."""
+        read_source, read_driving = self.read_expression(dyn_source), self.read_expression(dyn_driving)
+        return jnp.concatenate([read_driving, read_driving - read_source], axis=-1)
 
     def __call__(self, source, driving):
         volume, z_id, pose_s, dyn_s = self.encode(source)

@@ -28,7 +28,7 @@ from vasa_jax.train.stage1 import Stage1Task
 # Loss weights of the stage-1 config that need our own model's latents or intermediates.
 UNSUPPORTED_LOSSES = ("generated_l1", "blend_choice", "layout", "equivariance", "keypoint_prior", "head_pose",
                       "head_pose_bins", "deformation_prior", "pairwise_transfer", "expression_labels",
-                      "adversarial_detach_motion", "rendered_expression")
+                      "adversarial_detach_motion", "rendered_expression", "iris_warp")
 
 
 class LivePortraitTask(Stage1Task):

@@ -92,7 +92,7 @@ class Stage1Task:
             raise ValueError(
                 f"data.resolution ({config.data.resolution}) must equal model.image_size ({model_cfg.image_size})"
             )
-        for name in ("generated_l1", "blend_choice"):  # they read the image-skip path's intermediates
+        for name in ("generated_l1", "blend_choice", "iris_warp"):  # they read the image-skip path's outputs
             if config.losses[name] > 0 and not model_cfg.gen_image_skip:
                 raise ValueError(f"losses.{name} needs a model with the image-space skip path (model.gen_image_skip)")
         return model_cfg, FaceLatentModel(model_cfg)
@@ -287,6 +287,16 @@ class Stage1Task:
                                  method=FaceLatentModel.read_image_expression)
             terms["rendered_expression"] = losses.expression_label_loss(
                 read, expression_labels(batch, ("driving",)), cfg.expression_label_scales)
+        if cfg.get("iris_warp", 0.0) > 0:
+            # The source frame's iris map warped by the render's grid of the source image against the driving
+            # frame's. The canonical keypoints and head poses are held, as for rendered_expression: the term moves
+            # the irises inside the face, not the head.
+            keep = jax.lax.stop_gradient
+            grid = apply(FaceLatentModel.source_image_grid, source, keep(id_s), keep(pose_s), dyn_s, keep(pose_d),
+                         dyn_d)
+            iris = regions_lib.LAYOUT_NAMES.index("iris")
+            terms["iris_warp"] = losses.iris_warp_loss(grid, batch["source_layout"][..., iris],
+                                                       batch["driving_layout"][..., iris])
         if cfg.deformation_prior > 0:
             deformation, _ = split_dynamics(labelled_dyn, self.model_cfg.num_keypoints)
             terms["deformation_prior"] = losses.deformation_prior_loss(deformation)
