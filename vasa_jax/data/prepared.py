@@ -240,7 +240,8 @@ class PreparedStage1Source:
     """grain RandomAccessDataSource of (source, driving, cross) frames from the prepared dataset, with the same keys
     and units as `vasa_jax.data.synthetic.SyntheticStage1Source` (gaze in degrees; eye_open and mouth_open are
     the landmark ratios of `vasa_jax.data.face`, not the renderer's [0, 1] controls; the driving frame's mouth
-    and eye regions and the layouts of both frames come from their landmarks; `extra_frames` more frames of the record with their labels).
+    and eye regions and the layouts of both frames come from their landmarks; `extra_frames` more frames of the
+    record with their labels).
 
     Item i belongs to record i // pairs_per_record; source and driving are random frames of that record where
     the face was found; cross is such a frame of a record of another identity (of the same split)."""
