@@ -597,7 +597,7 @@ class FaceLatentModel(nn.Module):
         expression = (code, local, local_full, readouts)
         if not self.cfg.gen_image_skip:
             return self.generator(volume, flow, occlusion, expression)
-        image_grid = self.source_image_grid(source_image, z_id, pose_source, dyn_source, pose_driving, dyn_driving)
+        image_grid = self._image_grid(source_image, kp_source, kp_driving, pose_source, pose_driving, readouts)
         return self.generator(volume, flow, occlusion, expression, image_grid, source_image)
 
     def source_image_grid(self, source_image, z_id, pose_source, dyn_source, pose_driving, dyn_driving):
@@ -606,13 +606,16 @@ class FaceLatentModel(nn.Module):
         the source frame's layout maps with it)."""
         if not self.cfg.gen_image_skip:
             raise ValueError("this model has no image-space skip path (gen_image_skip): no source image grid")
-        if source_image is None:
-            raise ValueError("this model has the image-space skip path (gen_image_skip): decode needs source_image")
-        self._check_image(source_image)
         kp_source = keypoints_from_latents(z_id, pose_source, dyn_source)
         kp_driving = keypoints_from_latents(z_id, pose_driving, dyn_driving)
-        return self.image_motion(source_image, kp_source, kp_driving, pose_source, pose_driving,
-                                 self._readouts(dyn_source, dyn_driving))
+        return self._image_grid(source_image, kp_source, kp_driving, pose_source, pose_driving,
+                                self._readouts(dyn_source, dyn_driving))
+
+    def _image_grid(self, source_image, kp_source, kp_driving, pose_source, pose_driving, readouts):
+        if source_image is None:
+            raise ValueError("this model has the image-space skip path (gen_image_skip): its warp needs source_image")
+        self._check_image(source_image)
+        return self.image_motion(source_image, kp_source, kp_driving, pose_source, pose_driving, readouts)
 
     def _readouts(self, dyn_source, dyn_driving):
         """The readouts of z_dyn (mouth opening, eye openness, gaze: supervised by the data's labels) of the driving

@@ -287,7 +287,7 @@ class Stage1Task:
                                  method=FaceLatentModel.read_image_expression)
             terms["rendered_expression"] = losses.expression_label_loss(
                 read, expression_labels(batch, ("driving",)), cfg.expression_label_scales)
-        if cfg.get("iris_warp", 0.0) > 0:
+        if cfg.iris_warp > 0:
             # The source frame's iris map warped by the render's grid of the source image against the driving
             # frame's. The canonical keypoints and head poses are held, as for rendered_expression: the term moves
             # the irises inside the face, not the head.
